@@ -25,3 +25,8 @@ FP16_MIN_SPEARMAN = 0.999  # ranking across >= 20 videos must survive fp16
 REGRESSOR = Tolerance(1e-5, 0.0, "float32 matmul accumulation order only")
 # Runtime scores vs heke_ref on the same decoded frames (ORT FP32 in the loop).
 RUNTIME_VS_REFERENCE = Tolerance(1e-4, 1e-4, "ONNX Runtime float32 vs torch float32")
+# NumPy metrics (SROCC, KROCC, PLCC, RMSE) vs scipy.stats on the same float64 inputs.
+METRICS = Tolerance(1e-12, 0.0, "same formulas; float64 summation order only")
+# Labels stored in an authors' feature pickle vs the list's normalised scores (their order
+# check): both are float32 results of 1 + 8.5*(s-min)/(max-min) on the same scores.
+LABEL_ORDER = Tolerance(1e-5, 0.0, "float32 rounding of scores on a 1..9.5 scale")

@@ -1,0 +1,200 @@
+"""``--verify``: run exported graphs on fixed inputs and compare with ``heke_ref``.
+
+FP32 graphs run on ONNX Runtime CPU and must match torch within ``ONNX_FP32`` on heads and
+features. FP16 graphs run in :mod:`heke_export.fp16_oracle` (float16 kept as float16) on small
+inputs, one of them large enough that ``T*H*W`` of stage 1 exceeds 65504; their blind scores
+(mean of each head over the batch, and the mean of the four) must be within
+``FP16_BLIND_SCORE`` of torch FP32, with no NaN/Inf in any output.
+When the weights are a shared reference file, the authors' stored outputs are checked too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from heke_export.fp16_oracle import fp16_evaluator
+from heke_ref.checkpoint import Weights, load_model
+from heke_ref.registry import model_entry
+from heke_runtime.parity import ParityResult, compare
+from heke_runtime.sidecar import read_sidecar, sha256_file
+from heke_runtime.spec import IMAGENET_MEAN, IMAGENET_STD
+from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32
+
+Arrays = dict[str, np.ndarray]
+# (batch, height, width) of generated inputs; 135x240 is odd on purpose.
+FP32_SIZES = ((1, 135, 240), (7, 72, 96), (1, 216, 384))
+# Small for the float16 evaluator; 144x256 makes stage 1 of r2p1d 8*72*128 = 73728 > 65504.
+FP16_SIZES = ((1, 135, 240), (7, 32, 48), (1, 144, 256))
+
+
+@dataclass(frozen=True)
+class VerifyCase:
+    label: str
+    inputs: Arrays
+    upstream: Arrays | None = None  # the authors' outputs, when the weights are theirs
+
+
+@dataclass
+class VerifyReport:
+    label: str
+    results: list[ParityResult] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(self.results) and not self.problems
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        failed = sum(not r for r in self.results) + len(self.problems)
+        return f"{verdict} | verify {self.label} | {len(self.results)} comparisons, {failed} failed"
+
+    def text(self) -> str:
+        return "\n".join([*self.lines, self.summary()])
+
+
+def default_reference_dir() -> Path:
+    """``shared/reference`` beside the repository checkout (absent in an installed wheel)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def _frame_like(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Smooth image-like pixels in [0, 1]: blocky low-res noise plus a little fine noise."""
+    *lead, height, width = shape
+    coarse = rng.random((*lead, height // 8 + 1, width // 8 + 1))
+    up = coarse.repeat(8, axis=-2).repeat(8, axis=-1)[..., :height, :width]
+    return np.clip(up + 0.05 * rng.standard_normal(shape), 0.0, 1.0)
+
+
+def _normalise(pixels: np.ndarray) -> np.ndarray:
+    shape = (1, 3) + (1,) * (pixels.ndim - 2)
+    mean = np.asarray(IMAGENET_MEAN).reshape(shape)
+    std = np.asarray(IMAGENET_STD).reshape(shape)
+    return ((pixels - mean) / std).astype(np.float32)
+
+
+def generated_inputs(model_name: str, batch: int, height: int, width: int, seed: int = 0) -> Arrays:
+    """Seeded frame-like model inputs (clips, or rgb + frame difference)."""
+    rng = np.random.default_rng(seed)
+    if model_name == "r2p1d_HEKE_4":
+        base = _frame_like(rng, (batch, 3, 1, height, width))
+        motion = 0.1 * (_frame_like(rng, (batch, 3, 8, height, width)) - 0.5)
+        return {"clips": _normalise(np.clip(base + motion, 0.0, 1.0))}
+    first = _frame_like(rng, (batch, 3, height, width))
+    later = np.clip(first + 0.1 * (_frame_like(rng, first.shape) - 0.5), 0.0, 1.0)
+    rgb = _normalise(first)
+    return {"rgb": rgb, "dif": _normalise(later) - rgb}
+
+
+def _upstream_outputs(data: np.lib.npyio.NpzFile, model_name: str) -> Arrays:
+    stages = ["f1", "f2", "f3", "f4"]
+    if model_name == "resnet_HEKE_4":
+        stages = [f"{p}_{s}" for p in ("rgb", "dif") for s in stages]
+    return {"heads": data["heads"], "features": np.concatenate([data[s] for s in stages], axis=1)}
+
+
+def reference_case(weights: Weights, reference_dir: Path | None) -> VerifyCase | None:
+    """The shared reference inputs, with the authors' outputs if these are their weights."""
+    path = (reference_dir or default_reference_dir()) / f"upstream_{weights.model}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        inputs = {name: data[name].astype(np.float32) for name in model_entry(weights.model).inputs}
+        same_weights = sha256_file(path) == weights.sha256
+        upstream = _upstream_outputs(data, weights.model) if same_weights else None
+    shape = "x".join(map(str, next(iter(inputs.values())).shape))
+    return VerifyCase(f"shared reference {shape}", inputs, upstream)
+
+
+def verify_cases(
+    weights: Weights, sizes: tuple[tuple[int, int, int], ...], reference_dir: Path | None
+) -> list[VerifyCase]:
+    cases = [reference_case(weights, reference_dir)]
+    for seed, (batch, height, width) in enumerate(sizes):
+        inputs = generated_inputs(weights.model, batch, height, width, seed)
+        cases.append(VerifyCase(f"generated {batch}x{height}x{width}", inputs))
+    return [c for c in cases if c is not None]
+
+
+def torch_outputs(model: torch.nn.Module, inputs: Arrays) -> Arrays:
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(a) for a in inputs.values()))
+    return {"heads": out.heads.numpy(), "features": out.features.numpy()}
+
+
+def blind_scores(heads: np.ndarray) -> np.ndarray:
+    """Mean of each head over the batch, then the ensemble (mean of the four)."""
+    per_head = heads.astype(np.float64).mean(axis=0)
+    return np.append(per_head, per_head.mean())
+
+
+Runner = Callable[[Arrays], Arrays]
+
+
+def _ort_runner(path: Path) -> Runner:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda inputs: dict(zip(names, session.run(names, inputs)))
+
+
+def _fp16_runner(path: Path) -> Runner:
+    evaluator = fp16_evaluator(onnx.load(path))
+    return lambda inputs: dict(zip(evaluator.output_names, evaluator.run(None, inputs)))
+
+
+def _add(report: VerifyReport, result: ParityResult) -> None:
+    report.results.append(result)
+    report.lines.append(result.report())
+
+
+def _check_fp32(report: VerifyReport, case: VerifyCase, actual: Arrays, expected: Arrays) -> None:
+    _add(report, compare(f"onnx fp32 vs heke_ref | {case.label}", actual, expected, ONNX_FP32))
+    if case.upstream is not None:
+        label = f"onnx fp32 vs authors' outputs | {case.label}"
+        _add(report, compare(label, actual, case.upstream, ONNX_FP32))
+
+
+def _check_fp16(report: VerifyReport, case: VerifyCase, actual: Arrays, expected: Arrays) -> None:
+    for name, value in actual.items():
+        if not np.isfinite(value).all():
+            report.problems.append(f"{case.label}: {name} has NaN/Inf")
+            report.lines.append(f"  FAILED | {case.label}: {name} has NaN/Inf")
+    scores = {"blind_scores": blind_scores(actual["heads"])}
+    wanted = {"blind_scores": blind_scores(expected["heads"])}
+    label = f"onnx fp16 vs heke_ref fp32 blind scores | {case.label}"
+    _add(report, compare(label, scores, wanted, FP16_BLIND_SCORE))
+    worst = {k: float(np.abs(actual[k].astype(np.float64) - expected[k]).max()) for k in expected}
+    info = " ".join(f"{k}={v:.3g}" for k, v in worst.items())
+    report.lines.append(f"  (info) {case.label}: max abs diff {info} (no tolerance; informative)")
+
+
+def verify_onnx(path: Path, weights: Weights, *, reference_dir: Path | None = None) -> VerifyReport:
+    """Verify an exported graph (precision read from its sidecar) against ``heke_ref``."""
+    precision = read_sidecar(path).precision
+    fp32 = precision == "fp32"
+    runner = _ort_runner(path) if fp32 else _fp16_runner(path)
+    model = load_model(weights)
+    engine = "ONNX Runtime CPU" if fp32 else "float16 reference evaluator"
+    report = VerifyReport(f"{path.name} ({engine})")
+    cases = verify_cases(weights, FP32_SIZES if fp32 else FP16_SIZES, reference_dir)
+    if not cases[0].label.startswith("shared"):
+        where = reference_dir or default_reference_dir()
+        report.lines.append(
+            f"  (note) no shared reference inputs in {where}; generated inputs only"
+        )
+    for case in cases:
+        expected = torch_outputs(model, case.inputs)
+        actual = runner(case.inputs)
+        (_check_fp32 if fp32 else _check_fp16)(report, case, actual, expected)
+    return report

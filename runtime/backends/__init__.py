@@ -1,0 +1,72 @@
+"""Backends by name, and the choice of one from an engine file's suffix.
+
+``BACKENDS`` is a plain dict ``name -> factory(artifact, **options)``; each factory returns a
+:class:`Backend` context manager. No framework is imported until a backend is entered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from heke_runtime.backends.base import (
+    Backend,
+    BackendError,
+    BackendUnavailableError,
+    BaseBackend,
+    InferenceInputError,
+    check_inputs,
+)
+from heke_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from heke_runtime.backends.tensorrt import TensorRTBackend
+
+BackendFactory = Callable[..., BaseBackend]
+
+BACKENDS: dict[str, BackendFactory] = {
+    "onnxruntime": partial(OnnxRuntimeBackend, provider="auto"),
+    "onnxruntime-cpu": partial(OnnxRuntimeBackend, provider="cpu"),
+    "onnxruntime-cuda": partial(OnnxRuntimeBackend, provider="cuda"),
+    "onnxruntime-tensorrt": partial(OnnxRuntimeBackend, provider="tensorrt"),
+    "tensorrt": TensorRTBackend,
+}
+
+BY_SUFFIX: dict[str, str] = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt"}
+
+
+def backend_name_for(artifact: str | Path, backend: str | None = None) -> str:
+    """``backend`` when given (checked), else the one the file suffix implies."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        return backend
+    suffix = Path(artifact).suffix.lower()
+    if suffix not in BY_SUFFIX:
+        known = ", ".join(BY_SUFFIX)
+        raise BackendError(
+            f"{artifact}: cannot tell the backend from the suffix {suffix or '(none)'!r} "
+            f"(known: {known}); pass a backend ({', '.join(BACKENDS)})"
+        )
+    return BY_SUFFIX[suffix]
+
+
+def open_backend(artifact: str | Path, backend: str | None = None, **options: Any) -> BaseBackend:
+    """An unentered backend for ``artifact`` (its sidecar already checked); use ``with``."""
+    return BACKENDS[backend_name_for(artifact, backend)](Path(artifact), **options)
+
+
+__all__ = [
+    "BACKENDS",
+    "BY_SUFFIX",
+    "Backend",
+    "BackendError",
+    "BackendUnavailableError",
+    "BaseBackend",
+    "InferenceInputError",
+    "OnnxRuntimeBackend",
+    "TensorRTBackend",
+    "backend_name_for",
+    "check_inputs",
+    "open_backend",
+]

