@@ -13,7 +13,6 @@ accumulation order inside a dot product (one float16 ulp on ~0.2% of elements).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import onnx
@@ -57,20 +56,27 @@ class Conv(op_conv.Conv):
     op_domain = ""
 
     def _run(
-        self, X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None, **attrs: Any
+        self,
+        X: np.ndarray,
+        W: np.ndarray,
+        B: np.ndarray | None = None,
+        auto_pad: str | None = None,
+        dilations: Sequence[int] | None = None,
+        group: int | None = None,
+        kernel_shape: Sequence[int] | None = None,
+        pads: Sequence[int] | None = None,
+        strides: Sequence[int] | None = None,
     ) -> tuple[np.ndarray]:
         nd = W.ndim - 2
-        plain = attrs.get("auto_pad") in (None, "NOTSET") and all(
-            d == 1 for d in attrs.get("dilations") or [1]
+        plain = auto_pad in (None, "NOTSET") and all(d == 1 for d in dilations or [1])
+        if not plain:  # not used by heke's graphs; keep the stock implementation
+            args = (auto_pad, dilations, group, kernel_shape, pads, strides)
+            return super()._run(X, W, B, *args)
+        pads, strides = pads or [0] * (2 * nd), strides or [1] * nd
+        wide = conv_float32_accumulate(
+            X.astype(np.float32), W.astype(np.float32), group or 1, pads, strides
         )
-        if not plain:
-            return super()._run(X, W, B, **attrs)  # type: ignore[no-any-return]
-        pads = attrs.get("pads") or [0] * (2 * nd)
-        strides = attrs.get("strides") or [1] * nd
-        group = attrs.get("group") or 1
-        out = conv_float32_accumulate(
-            X.astype(np.float32), W.astype(np.float32), group, pads, strides
-        ).astype(X.dtype)
+        out = wide.astype(X.dtype)
         if B is not None:
             out += B.reshape((1, -1) + (1,) * nd)
         return (out,)

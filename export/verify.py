@@ -1,10 +1,16 @@
 """``--verify``: run exported graphs on fixed inputs and compare with ``heke_ref``.
 
-FP32 graphs run on ONNX Runtime CPU and must match torch within ``ONNX_FP32`` on heads and
-features. FP16 graphs run in :mod:`heke_export.fp16_oracle` (float16 kept as float16) on small
-inputs, one of them large enough that ``T*H*W`` of stage 1 exceeds 65504; their blind scores
-(mean of each head over the batch, and the mean of the four) must be within
-``FP16_BLIND_SCORE`` of torch FP32, with no NaN/Inf in any output.
+FP32 graphs run on ONNX Runtime CPU and must match ``heke_ref`` within ``ONNX_FP32`` on heads
+and features. The reference runs in float64: at full size with trained-scale activations
+(stage 4 reaches ~100) torch float32 is itself up to ~8e-5 off the exact result on small
+features, and so is ONNX Runtime, so two float32 runs can differ by more than 1e-4 although
+each is within it; float64 measures the exported graph's own error.
+
+FP16 graphs run in :mod:`heke_export.fp16_oracle` (float16 kept as float16) on small inputs,
+one large enough that ``T*H*W`` of r2p1d's stage 1 exceeds 65504. Their blind scores (mean
+of each head over the batch, and the mean of the four) must be within ``FP16_BLIND_SCORE`` of
+``heke_ref`` float32, with no NaN/Inf in any output.
+
 When the weights are a shared reference file, the authors' stored outputs are checked too.
 """
 
@@ -29,9 +35,9 @@ from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32
 
 Arrays = dict[str, np.ndarray]
 # (batch, height, width) of generated inputs; 135x240 is odd on purpose.
-FP32_SIZES = ((1, 135, 240), (7, 72, 96), (1, 216, 384))
+FP32_SIZES = ((1, 135, 240), (7, 48, 64), (1, 90, 160))
 # Small for the float16 evaluator; 144x256 makes stage 1 of r2p1d 8*72*128 = 73728 > 65504.
-FP16_SIZES = ((1, 135, 240), (7, 32, 48), (1, 144, 256))
+FP16_SIZES = ((1, 45, 80), (7, 32, 48), (1, 144, 256))
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,10 @@ def verify_cases(
 
 
 def torch_outputs(model: torch.nn.Module, inputs: Arrays) -> Arrays:
+    """``heke_ref`` outputs, computed in the model's dtype (float32 or float64)."""
+    dtype = next(model.parameters()).dtype
     with torch.no_grad():
-        out = model(*(torch.from_numpy(a) for a in inputs.values()))
+        out = model(*(torch.from_numpy(a).to(dtype) for a in inputs.values()))
     return {"heads": out.heads.numpy(), "features": out.features.numpy()}
 
 
@@ -159,7 +167,10 @@ def _add(report: VerifyReport, result: ParityResult) -> None:
 
 
 def _check_fp32(report: VerifyReport, case: VerifyCase, actual: Arrays, expected: Arrays) -> None:
-    _add(report, compare(f"onnx fp32 vs heke_ref | {case.label}", actual, expected, ONNX_FP32))
+    _add(
+        report,
+        compare(f"onnx fp32 vs heke_ref float64 | {case.label}", actual, expected, ONNX_FP32),
+    )
     if case.upstream is not None:
         label = f"onnx fp32 vs authors' outputs | {case.label}"
         _add(report, compare(label, actual, case.upstream, ONNX_FP32))
@@ -184,7 +195,7 @@ def verify_onnx(path: Path, weights: Weights, *, reference_dir: Path | None = No
     precision = read_sidecar(path).precision
     fp32 = precision == "fp32"
     runner = _ort_runner(path) if fp32 else _fp16_runner(path)
-    model = load_model(weights)
+    model = load_model(weights).double() if fp32 else load_model(weights)
     engine = "ONNX Runtime CPU" if fp32 else "float16 reference evaluator"
     report = VerifyReport(f"{path.name} ({engine})")
     cases = verify_cases(weights, FP32_SIZES if fp32 else FP16_SIZES, reference_dir)

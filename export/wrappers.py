@@ -79,7 +79,7 @@ def fold_batchnorm(module: nn.Module, example: Tensor) -> nn.Module:
     """Fold every BatchNorm that directly follows a conv into it (float32, eval mode)."""
     names = {m: name for name, m in module.named_modules()}
     for conv, bn in _conv_bn_pairs(module, example):
-        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)  # type: ignore[arg-type]
+        fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)  # type: ignore[type-var, arg-type]
         conv.weight, conv.bias = fused.weight, fused.bias
         parent, _, child = names[bn].rpartition(".")
         setattr(module.get_submodule(parent), child, nn.Identity())

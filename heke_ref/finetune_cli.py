@@ -149,7 +149,7 @@ def _video_sources(sources: Sequence[Path], base: Path | None) -> list[VideoSour
 
 def _extract_reference(
     options: tuple[Path | None, bool, bool, str, bool],
-    videos: list[Any],
+    videos: list[VideoSource],
     out: Path,
     snippets: int | None,
     resume: bool,
@@ -190,7 +190,7 @@ def _extract_reference(
 
 def _extract_engine(
     engine: Path,
-    videos: list[Any],
+    videos: list[VideoSource],
     out: Path,
     snippets: int | None,
     resume: bool,
@@ -198,7 +198,7 @@ def _extract_engine(
 ) -> int:
     from heke_runtime.scorer import Scorer
 
-    groups: dict[tuple[int, int] | None, list[Any]] = {}
+    groups: dict[tuple[int, int] | None, list[VideoSource]] = {}
     for video in videos:  # one scorer per raw-video size
         groups.setdefault(video.size, []).append(video)
     failures, writer = 0, None
@@ -225,7 +225,7 @@ def _engine_meta(scorer: Any) -> dict[str, Any]:
         "frames_per_snippet": side.preprocess.frames_per_snippet,
         "preprocess": side.preprocess.to_dict(),
         "weights_sha256": side.weights_sha256,
-        "weights_source": side.weights_source,
+        "weights_source": Path(side.weights_source).name,
         "demo_weights": side.demo_weights,
         "engine_sha256": side.artifact_sha256,
         "precision": side.precision,
@@ -233,7 +233,7 @@ def _engine_meta(scorer: Any) -> dict[str, Any]:
     }
 
 
-def _score_into(scorer: Any, videos: list[Any], writer: FeatureWriter) -> int:
+def _score_into(scorer: Any, videos: list[VideoSource], writer: FeatureWriter) -> int:
     failures = 0
     for video in videos:
         if writer.has(video.path):
@@ -249,7 +249,7 @@ def _score_into(scorer: Any, videos: list[Any], writer: FeatureWriter) -> int:
     return failures
 
 
-def _progress(video: Any, error: str | None) -> None:
+def _progress(video: VideoSource, error: str | None) -> None:
     status = f"FAILED: {one_line(error)}" if error else "ok"
     typer.echo(f"heke-features: {video.path.name}: {status}", err=True)
 
@@ -394,7 +394,10 @@ def intra(
     poolings: Poolings = None,
     direction: DirectionOpt = "auto",
     max_splits: Annotated[
-        int | None, typer.Option(min=1, help="Use only the first N splits (quick runs).")
+        int | None,
+        typer.Option(
+            min=1, help="At most N splits: the first N in the authors' order (quick runs)."
+        ),
     ] = None,
     base_path: BasePath = None,
     report: ReportOpt = None,

@@ -1,0 +1,82 @@
+"""``heke-corpus`` usage errors and the missing-extra message; none of these starts Ray."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from heke_runtime.corpus import RAY_EXTRA
+from heke_runtime.corpus_cli import main
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def engine(tmp_path):
+    # Usage errors are caught before the engine is opened; any file will do.
+    path = tmp_path / "e.onnx"
+    path.write_bytes(b"onnx")
+    return path
+
+
+def test_without_ray_the_command_names_the_extra(tmp_path, capsys, monkeypatch, engine):
+    for name in ("ray", "ray.data"):
+        monkeypatch.setitem(sys.modules, name, None)  # import ray -> ImportError
+    code, _, err = run(capsys, tmp_path, "-e", engine, "-o", tmp_path / "out")
+    assert code == 1
+    assert err.count("\n") == 1 and RAY_EXTRA in err and err.startswith("heke-corpus: error:")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "nothing to score"),
+        (("v.mp4", "--resume", "--overwrite"), "contradict"),
+        (("v.mp4", "--device", "tpu"), "valid: auto, cpu, gpu"),
+        (("v.mp4", "--size", "big"), "WIDTHxHEIGHT"),
+        (("v.mp4", "--actor-cpus", "0"), "actor_cpus must be above 0"),
+        (("v.mp4", "--run-id", "../x"), "run id"),
+        (("--manifest", "m.xlsx"), "unknown format '.xlsx'"),
+        (("--manifest", "missing.csv"), "no such file"),
+    ],
+)
+def test_usage_errors_exit_2_on_one_line(tmp_path, capsys, engine, args, message):
+    pytest.importorskip("ray", reason="checked after Ray is found (heke[ray])")
+    code, _, err = run(capsys, *args, "-e", engine, "-o", tmp_path / "out")
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_missing_engine_is_a_usage_error(tmp_path, capsys):
+    pytest.importorskip("ray", reason="checked after Ray is found (heke[ray])")
+    code, _, err = run(capsys, "v.mp4", "-e", tmp_path / "none.onnx", "-o", tmp_path / "o")
+    assert code == 2 and "no such file" in err
+
+
+def test_an_output_file_is_not_a_folder(tmp_path, capsys, engine):
+    pytest.importorskip("ray", reason="checked after Ray is found (heke[ray])")
+    target = tmp_path / "out.parquet"
+    target.write_bytes(b"")
+    code, _, err = run(capsys, "v.mp4", "-e", engine, "-o", target)
+    assert code == 2 and "not a folder" in err
+
+
+def test_an_output_with_results_needs_resume_or_overwrite(tmp_path, capsys):
+    pytest.importorskip("ray", reason="checked after Ray is found (heke[ray])")
+    from heke_runtime import corpus_store as store
+    from heke_runtime.results import failed
+    from tests.test_backends import tiny_engine
+
+    out = tmp_path / "out"
+    writer = store.PartWriter(out / store.RUNS_DIR / "old", flush_rows=1)
+    record = failed("/v/a.mp4", "gone").to_dict()
+    writer.add(
+        store.rows_table([store.row_from_record(record, video_id="a", label=None, run_id="old")])
+    )
+    code, _, err = run(capsys, "v.mp4", "-e", tiny_engine("r2p1d_HEKE_4"), "-o", out)
+    assert code == 2 and "already holds results; pass --resume" in err

@@ -1,0 +1,278 @@
+"""``heke-corpus`` on a real multi-node Ray cluster in this machine (Ray's ``Cluster``: a
+head with no CPUs and three one-CPU worker nodes): record-by-record equality with the
+single-machine Scorer, a killed actor and a lost node mid-run, and a killed driver resumed.
+
+The corpus: 50 generated videos (several codecs and sizes) plus broken files, listed in a
+CSV manifest with relative and absolute paths, some explicit ids and some labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the corpus tests need Ray Data (pip install heke[ray])")
+pq = pytest.importorskip("pyarrow.parquet")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from heke_runtime import corpus_store as store  # noqa: E402
+from heke_runtime.corpus import CorpusOptions, run_corpus  # noqa: E402
+from heke_runtime.scorer import Scorer  # noqa: E402
+from tests.test_backends import tiny_engine  # noqa: E402
+from tests.videos import corrupt_file, make_audio, make_video, truncate_file  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 3
+SCORE_TOLERANCE = 1e-6  # the same engine on the same tensors: only float printing differs
+SHAPES = [
+    ("mp4", {"codec": "libx264", "size": (64, 48), "frames": 30}),
+    ("mkv", {"codec": "ffv1", "size": (48, 32), "frames": 20}),
+    ("avi", {"codec": "mpeg4", "size": (80, 60), "frames": 24}),
+    ("mp4", {"codec": "libx264", "size": (96, 54), "frames": 40}),
+    ("mp4", {"codec": "libx264", "size": (32, 24), "frames": 12}),  # short: a warning
+]
+BROKEN = ("truncated.mp4", "corrupt.mp4", "junk.mp4", "empty.mp4", "audio.m4a", "missing.mp4")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def engine() -> Path:
+    return tiny_engine("r2p1d_HEKE_4").resolve()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    """50 good videos and the broken files, and a manifest of all of them."""
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "clips").mkdir()
+    good = []
+    for i in range(50):
+        suffix, kwargs = SHAPES[i % len(SHAPES)]
+        good.append(make_video(folder / "clips" / f"v{i:02d}.{suffix}", **kwargs))
+    truncate_file(good[0], folder / "truncated.mp4", 0.3)
+    corrupt_file(good[0], folder / "corrupt.mp4", at=0.4)
+    (folder / "junk.mp4").write_bytes(os.urandom(3000))
+    (folder / "empty.mp4").write_bytes(b"")
+    make_audio(folder / "audio.m4a")
+    paths = [*good, *(folder / name for name in BROKEN)]
+    manifest = folder / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["path", "id", "label"])
+        for i, path in enumerate(paths):
+            shown = path.relative_to(folder) if i % 2 else path  # relative: from the manifest
+            out.writerow([shown, f"clip-{i:02d}" if i % 3 == 0 else "", i / 10 if i % 4 else ""])
+    ids = {
+        str(p): f"clip-{i:02d}" if i % 3 == 0 else store.video_id(p) for i, p in enumerate(paths)
+    }
+    return {"folder": folder, "manifest": manifest, "paths": paths, "ids": ids}
+
+
+@pytest.fixture(scope="module")
+def reference(engine, corpus) -> dict:
+    """The single-machine Scorer's records, by path, with the backend the actors use."""
+    with Scorer(engine, backend="onnxruntime-cpu") as scorer:
+        return {str(p): scorer.score(p).to_dict() for p in corpus["paths"]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Node death is noticed in ~1.5 s instead of Ray's default 15 s.
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    local = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": health},
+    )
+    try:
+        for _ in range(WORKERS):
+            local.add_node(num_cpus=1)
+        local.wait_for_nodes()
+        ray.init(address=local.address, logging_level="WARNING")
+        yield local
+    finally:
+        ray.shutdown()
+        local.shutdown()
+        assert_no_children_left()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process we may read (Linux /proc)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        table[int(entry)] = (parent, command.decode(errors="replace"))
+    return table
+
+
+def descendants(pid: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        children = [p for p, (parent, _) in table.items() if parent == pid]
+        found += children
+        todo += children
+    return found
+
+
+def assert_no_children_left(wait_s: float = 20.0) -> None:
+    """Ray's processes, started by this test process, are all gone after shutdown."""
+    deadline = time.monotonic() + wait_s
+    while descendants(os.getpid(), processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = descendants(os.getpid(), processes())
+    assert not left, f"processes left after Ray shut down: {left}"
+
+
+def engine_actors(local: Cluster) -> list[tuple[object, int]]:
+    """(node, pid) of each engine actor: a child of a worker node's raylet named after
+    Ray Data's MapWorker for InferActor."""
+    table = processes()
+    found = []
+    for node in local.worker_nodes:
+        raylet = node.all_processes["raylet"][0].process.pid
+        for pid in descendants(raylet, table):
+            command = table[pid][1]
+            if "MapWorker" in command and "InferActor" in command:
+                found.append((node, pid))
+    return found
+
+
+def wait_for_actor(local: Cluster, timeout_s: float = 60.0) -> tuple[object, int]:
+    """The first engine actor, waiting while Ray (re)starts one."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := engine_actors(local)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert found, "no engine actor came up"
+    return found[0]
+
+
+def assert_same_record(got: dict, want: dict) -> None:
+    """Equal records, scores within SCORE_TOLERANCE; timing is not compared."""
+    got = {k: v for k, v in got.items() if k not in ("id", "label", "run_id", "elapsed_s")}
+    want = {k: v for k, v in want.items() if k != "elapsed_s"}
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key in ("scores", "spread"):
+            assert got[key] == pytest.approx(value, abs=SCORE_TOLERANCE), key
+        elif key == "snippets":
+            assert len(got[key]) == len(value)
+            for mine, theirs in zip(got[key], value):
+                assert mine == pytest.approx(theirs, abs=SCORE_TOLERANCE)
+        else:
+            assert got[key] == value, key
+
+
+def assert_complete(output: Path, corpus: dict, reference: dict) -> list[dict]:
+    """Every input exactly once, each equal to the Scorer's record; returns the records."""
+    records = store.read_results(output)
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)) == len(corpus["paths"])
+    by_path = {r["path"]: r for r in records}
+    for path, want in reference.items():
+        assert by_path[path]["id"] == corpus["ids"][path]
+        assert_same_record(by_path[path], want)
+    return records
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_cluster_records_equal_single_machine_records(cluster, engine, corpus, reference, tmp_path):
+    output = tmp_path / "out"
+    options = CorpusOptions(actors=1, flush_rows=8, jsonl=True, run_id="parity")
+    summary = run_corpus([], engine, output, manifest=corpus["manifest"], options=options)
+    total = len(corpus["paths"])
+    failures = sum(r["status"] != "ok" for r in reference.values())
+    assert failures >= 5  # the broken files really are broken
+    assert (summary.inputs, summary.records, summary.missing) == (total, total, ())
+    assert (summary.scored, summary.failed, summary.skipped) == (total - failures, failures, 0)
+    records = assert_complete(output, corpus, reference)
+    labels = {r["path"]: r["label"] for r in records}
+    assert labels[str(corpus["paths"][1])] == pytest.approx(0.1)
+    assert labels[str(corpus["paths"][4])] is None
+    lines = (output / store.JSONL_NAME).read_text().splitlines()
+    assert len(lines) == total
+    assert not list((output / store.RUNS_DIR).glob("*/part-*"))  # compacted away
+    assert (output / store.RUNS_DIR / "parity" / store.RUN_FILE).is_file()
+
+
+def test_killed_actor_and_lost_node_lose_nothing(cluster, engine, corpus, reference, tmp_path):
+    events: list[str] = []
+
+    def sabotage(result):
+        done = len(events) + 1
+        events.append(result.path)
+        if done == 10:  # the engine actor crashes: Ray restarts it, its batches rerun
+            os.kill(wait_for_actor(cluster)[1], signal.SIGKILL)
+        if done == 25:  # the node running the (restarted) actor disappears
+            cluster.remove_node(wait_for_actor(cluster)[0], allow_graceful=False)
+            cluster.add_node(num_cpus=1)
+
+    output = tmp_path / "out"
+    options = CorpusOptions(actors=1, flush_rows=8)
+    summary = run_corpus(
+        [], engine, output, manifest=corpus["manifest"], options=options, on_result=sabotage
+    )
+    assert len(events) == len(set(events)) == len(corpus["paths"])
+    assert summary.missing == () and summary.records == len(corpus["paths"])
+    assert_complete(output, corpus, reference)
+
+
+def test_killed_driver_then_resume_rescores_nothing_finished(
+    cluster, engine, corpus, reference, tmp_path
+):
+    output = tmp_path / "out"
+
+    def command(run_id, *extra):
+        return [
+            sys.executable, "-m", "heke_runtime.corpus_cli", "--manifest", str(corpus["manifest"]),
+            "-e", str(engine), "-o", str(output), "--address", cluster.address, "--actors", "1",
+            "--flush-rows", "4", "--run-id", run_id, *extra,
+        ]  # fmt: skip
+
+    log = tmp_path / "first.log"
+    with log.open("wb") as err:
+        first = subprocess.Popen(command("first"), stdout=subprocess.DEVNULL, stderr=err)
+    parts = output / store.RUNS_DIR / "first"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+        assert first.poll() is None, log.read_text()
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (output / store.RESULTS_DIR).exists(), "the first run finished before the kill"
+    kept = {
+        row["id"]: row["elapsed_s"]
+        for part in parts.glob("part-*.parquet")
+        for row in pq.read_table(part, columns=["id", "elapsed_s"]).to_pylist()
+    }
+    assert 12 <= len(kept) < len(corpus["paths"])
+
+    second = subprocess.run(command("second", "--resume"), capture_output=True, text=True)
+    assert second.returncode in (0, 1), second.stderr  # 1: broken files among the new ones
+    assert f"resuming: {len(kept)} inputs already done" in second.stderr
+    records = assert_complete(output, corpus, reference)
+    first_rows = {r["id"]: r for r in records if r["run_id"] == "first"}
+    assert first_rows.keys() == kept.keys()  # none of them scored again...
+    assert all(first_rows[i]["elapsed_s"] == kept[i] for i in kept)  # ...the same records
+    assert sum(r["run_id"] == "second" for r in records) == len(corpus["paths"]) - len(kept)

@@ -1,0 +1,99 @@
+"""TensorRT build path: the default profile, missing-TensorRT errors, and (GPU) a real build."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from heke_export.errors import TensorRTMissingError
+from heke_export.onnx_export import onnx_from_weights
+from heke_export.trt_build import (
+    FRAME_SIZES,
+    BuildOptions,
+    Profile,
+    default_profile,
+    import_tensorrt,
+    plan_from_onnx,
+)
+from heke_export.verify import blind_scores, generated_inputs, torch_outputs
+from heke_ref.checkpoint import demo_weights, load_model
+from heke_runtime.parity import compare
+from heke_runtime.sampling import model_input_size
+from heke_runtime.sidecar import read_sidecar
+from heke_runtime.tolerances import FP16_BLIND_SCORE
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+BOTH_ORIENTATIONS = [*FRAME_SIZES, *((h, w) for w, h in FRAME_SIZES)]
+
+
+@pytest.mark.parametrize("model_name", ["r2p1d_HEKE_4", "resnet_HEKE_4"])
+def test_default_profile_covers_144p_to_4k_both_orientations(model_name):
+    profile = default_profile(model_name)
+    assert (1920, 1080) in FRAME_SIZES and (256, 144) in FRAME_SIZES and (3840, 2160) in FRAME_SIZES
+    for width, height in [*BOTH_ORIENTATIONS, (384, 216)]:
+        h, w = model_input_size(width, height)
+        assert profile.height[0] <= h <= profile.height[2], (width, height)
+        assert profile.width[0] <= w <= profile.width[2], (width, height)
+    # Tight: the bounds are attained, so the profile is no wider than it needs to be.
+    inputs = [model_input_size(w, h) for w, h in BOTH_ORIENTATIONS]
+    assert profile.height[::2] == (min(h for h, _ in inputs), max(h for h, _ in inputs))
+    assert profile.width[::2] == (min(w for _, w in inputs), max(w for _, w in inputs))
+    assert model_input_size(1080, 1920) == (480, 270)  # portrait 1080p needs H up to 480+
+    assert profile.batch[0] == 1 and profile.batch[1] <= profile.batch[2]
+
+
+def test_profile_rejects_bad_ranges_and_fills_shapes():
+    with pytest.raises(ValueError, match="height"):
+        Profile((1, 2, 4), (300, 200, 400), (100, 200, 300))
+    with pytest.raises(ValueError, match="batch"):
+        Profile((0, 1, 2), (1, 2, 3), (1, 2, 3))
+    profile = Profile((1, 2, 4), (100, 200, 300), (110, 210, 310))
+    shapes = profile.shapes({"clips": ["B", 3, 8, "H", "W"]})
+    assert shapes == {"clips": [[1, 3, 8, 100, 110], [2, 3, 8, 200, 210], [4, 3, 8, 300, 310]]}
+    assert profile.shapes({"rgb": ["B", 3, "H", "W"]})["rgb"][2] == [4, 3, 300, 310]
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here; this checks the error without it")
+def test_missing_tensorrt_names_the_extra_and_writes_no_plan(tmp_path):
+    with pytest.raises(TensorRTMissingError, match=r"pip install 'heke\[trt\]'"):
+        import_tensorrt()
+    onnx_path = onnx_from_weights(demo_weights("r2p1d_HEKE_4", tiny=True), tmp_path, "fp16")
+    with pytest.raises(TensorRTMissingError):
+        plan_from_onnx(onnx_path)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".onnx"]
+
+
+@pytest.mark.gpu
+def test_plan_from_onnx_builds_a_strongly_typed_engine_that_matches_the_reference(tmp_path):
+    from heke_runtime.backends.tensorrt import TensorRTBackend
+
+    weights = demo_weights("r2p1d_HEKE_4", tiny=True)
+    onnx_path = onnx_from_weights(weights, tmp_path, "fp16")
+    options = BuildOptions(Profile((1, 2, 7), (64, 96, 144), (64, 128, 256)), 1 << 30)
+    lines: list[str] = []
+    plan = plan_from_onnx(onnx_path, options=options, echo=lines.append)
+    sidecar = read_sidecar(plan)
+    trt = import_tensorrt()
+    assert sidecar.kind == "tensorrt" and sidecar.precision == "fp16"
+    assert sidecar.tensorrt is not None and sidecar.tensorrt["version"] == trt.__version__
+    assert sidecar.tensorrt["gpu"] and "." in sidecar.tensorrt["compute_capability"]
+    assert sidecar.profiles == [
+        {"clips": {"min": [1, 3, 8, 64, 64], "opt": [2, 3, 8, 96, 128], "max": [7, 3, 8, 144, 256]}}
+    ]
+    cache = tmp_path / sidecar.tensorrt["timing_cache"]
+    assert cache.is_file() and cache.stat().st_size > 0
+    plan_from_onnx(onnx_path, tmp_path / "again.plan", options, echo=lines.append)  # reuses cache
+    inputs = generated_inputs(weights.model, 7, 135, 240)
+    with TensorRTBackend(plan) as backend:
+        outputs = backend.infer(inputs)
+    expected = torch_outputs(load_model(weights), inputs)
+    assert all(np.isfinite(v).all() for v in outputs.values())
+    result = compare(
+        "tensorrt fp16 blind scores",
+        {"s": blind_scores(outputs["heads"])},
+        {"s": blind_scores(expected["heads"])},
+        FP16_BLIND_SCORE,
+    )
+    assert result, result.report()
