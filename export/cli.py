@@ -10,9 +10,10 @@ import typer
 
 from heke_export.onnx_export import PRECISIONS, Precision
 from heke_export.pipeline import ExportOptions, artifacts_from_weights, weights_for
-from heke_export.trt_build import DEFAULT_MAX_BATCH, BuildOptions, Profile, Range, default_profile
+from heke_export.trt_build import BuildOptions, Profile, Range, default_profile
 from heke_ref.registry import model_entry
 from heke_runtime.errors import HekeError
+from heke_runtime.spec import MODEL_NAMES, default_spec
 
 # No rich markup: option help mentions "heke[trt]", which rich would read as a style tag.
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
@@ -47,6 +48,7 @@ def _profile(model: str, batch: str | None, height: str | None, width: str | Non
 
 
 _DEFAULT = default_profile("r2p1d_HEKE_4")
+_SNIPPETS = ", ".join(f"{default_spec(m).num_snippets} {m}" for m in MODEL_NAMES)
 _RANGE_HELP = "MIN:OPT:MAX of the TensorRT profile's {what} [default: {value}]"
 
 
@@ -96,7 +98,7 @@ def export(
         str | None,
         typer.Option(
             help=_RANGE_HELP.format(
-                what="batch", value=f"1:<snippets per video>:{DEFAULT_MAX_BATCH}"
+                what="batch", value=f"1:S:S, S = snippets per video ({_SNIPPETS})"
             )
         ),
     ] = None,

@@ -90,7 +90,7 @@ def prepare_output_folder(folder: Path) -> Path:
 def _torch_export(
     module: torch.nn.Module, examples: tuple[Tensor, ...], names: Sequence[str]
 ) -> bytes:
-    inputs, outputs = [str(n) for n in names], list(OUTPUTS)
+    inputs, outputs = list(names), list(OUTPUTS)
     dynamic = {
         n: ({0: "B", 3: "H", 4: "W"} if examples[0].dim() == 5 else {0: "B", 2: "H", 3: "W"})
         for n in inputs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,14 +19,13 @@ from types import ModuleType
 from typing import Any
 
 from heke_export.errors import EngineBuildError, TensorRTMissingError
-from heke_export.onnx_export import write_artifact
+from heke_export.onnx_export import prepare_output_folder, write_artifact
 from heke_runtime.sampling import model_input_size
 from heke_runtime.sidecar import Sidecar, atomic_write_bytes, now_utc, read_sidecar
 from heke_runtime.spec import default_spec
 
 INSTALL_HINT = "pip install 'heke[trt]'"
 DEFAULT_WORKSPACE = 4 << 30
-DEFAULT_MAX_BATCH = 32
 # 16:9 frames from 144p to 4K, and 768x432 (LIVE-style datasets -> 216x384 model input).
 FRAME_SIZES = (
     (256, 144), (426, 240), (640, 360), (854, 480), (1280, 720),
@@ -59,18 +59,21 @@ class Profile:
         }
 
 
-def default_profile(model_name: str, max_batch: int = DEFAULT_MAX_BATCH) -> Profile:
+def default_profile(model_name: str) -> Profile:
     """Covers the model inputs the sampling rule gives for 144p..4K, both orientations.
 
-    Tuned (opt) for 1080p landscape and one video's snippets per batch.
+    Batch 1 up to one video's snippets (12 clips, or 20 frame pairs), tuned for a full batch
+    at 1080p landscape. The profile's maximum sizes the activation memory (H and W both at
+    their maximum), so a larger batch is left to ``--batch``; the runtime splits batches
+    above the maximum anyway.
     """
     frames = [*FRAME_SIZES, *((h, w) for w, h in FRAME_SIZES)]
     sizes = [model_input_size(w, h) for w, h in frames]
     heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
     opt_h, opt_w = model_input_size(*OPT_FRAME)
-    opt_batch = min(default_spec(model_name).num_snippets, max_batch)
+    snippets = default_spec(model_name).num_snippets
     return Profile(
-        (1, opt_batch, max_batch),
+        (1, snippets, snippets),
         (min(heights), opt_h, max(heights)),
         (min(widths), opt_w, max(widths)),
     )
@@ -103,7 +106,7 @@ def gpu_info() -> dict[str, str]:
     return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def _logger(trt: ModuleType) -> Any:
+def tensorrt_logger(trt: ModuleType) -> Any:
     """A TensorRT logger that prints warnings and keeps errors for the exception message."""
 
     class Logger(trt.ILogger):  # type: ignore[name-defined]
@@ -115,7 +118,7 @@ def _logger(trt: ModuleType) -> Any:
             if severity <= trt.ILogger.Severity.ERROR:
                 self.errors.append(msg)
             if severity <= trt.ILogger.Severity.WARNING:
-                print(f"[TensorRT] {msg}")
+                print(f"[TensorRT] {msg}", file=sys.stderr)
 
     return Logger()
 
@@ -165,10 +168,10 @@ def _config(
 def _use_timing_cache(config: Any, path: Path) -> None:
     blob = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(blob)
-    if cache is None and blob:
-        warnings.warn(f"timing cache {path} is unreadable; starting a new one", stacklevel=2)
-        cache = config.create_timing_cache(b"")
-    config.set_timing_cache(cache, False)  # mismatching device/version: TensorRT refuses it
+    # ignore_mismatch=False: TensorRT refuses a cache made on another device or version.
+    if cache is None or not config.set_timing_cache(cache, False):
+        warnings.warn(f"timing cache {path} does not fit here; starting a new one", stacklevel=2)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
 def _check_engine(trt: ModuleType, log: Any, plan: bytes, sidecar: Sidecar) -> None:
@@ -200,7 +203,7 @@ def _build(
     options: BuildOptions,
     cache: Path,
 ) -> tuple[bytes, Any]:
-    log = _logger(trt)
+    log = tensorrt_logger(trt)
     builder = trt.Builder(log)
     network = builder.create_network(_network_flags(trt, tensorrt_major(trt)))
     _parse(trt, network, log, onnx_path)
@@ -247,6 +250,7 @@ def plan_from_onnx(
     gpu = gpu_info()
     shapes = (options.profile or default_profile(onnx_sidecar.model)).shapes(onnx_sidecar.inputs)
     plan_path = plan_path or onnx_path.with_suffix(".plan")
+    prepare_output_folder(plan_path.parent)
     sm = gpu["compute_capability"].replace(".", "")
     cache = options.timing_cache or plan_path.with_name(f"timing-trt{trt.__version__}-sm{sm}.cache")
     echo(f"building TensorRT {trt.__version__} engine on {gpu['name']} (sm {sm}), profile {shapes}")

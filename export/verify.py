@@ -28,16 +28,18 @@ import torch
 from heke_export.fp16_oracle import fp16_evaluator
 from heke_ref.checkpoint import Weights, load_model
 from heke_ref.registry import model_entry
+from heke_runtime.errors import CheckpointError
 from heke_runtime.parity import ParityResult, compare
-from heke_runtime.sidecar import read_sidecar, sha256_file
+from heke_runtime.sidecar import Sidecar, read_sidecar, sha256_file
 from heke_runtime.spec import IMAGENET_MEAN, IMAGENET_STD
 from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32
 
 Arrays = dict[str, np.ndarray]
+Sizes = tuple[tuple[int, int, int], ...]
 # (batch, height, width) of generated inputs; 135x240 is odd on purpose.
-FP32_SIZES = ((1, 135, 240), (7, 48, 64), (1, 90, 160))
+FP32_SIZES: Sizes = ((1, 135, 240), (7, 48, 64), (1, 90, 160))
 # Small for the float16 evaluator; 144x256 makes stage 1 of r2p1d 8*72*128 = 73728 > 65504.
-FP16_SIZES = ((1, 45, 80), (7, 32, 48), (1, 144, 256))
+FP16_SIZES: Sizes = ((1, 45, 80), (7, 32, 48), (1, 144, 256))
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,7 @@ def reference_case(weights: Weights, reference_dir: Path | None) -> VerifyCase |
     return VerifyCase(f"shared reference {shape}", inputs, upstream)
 
 
-def verify_cases(
-    weights: Weights, sizes: tuple[tuple[int, int, int], ...], reference_dir: Path | None
-) -> list[VerifyCase]:
+def verify_cases(weights: Weights, sizes: Sizes, reference_dir: Path | None) -> list[VerifyCase]:
     cases = [reference_case(weights, reference_dir)]
     for seed, (batch, height, width) in enumerate(sizes):
         inputs = generated_inputs(weights.model, batch, height, width, seed)
@@ -190,22 +190,43 @@ def _check_fp16(report: VerifyReport, case: VerifyCase, actual: Arrays, expected
     report.lines.append(f"  (info) {case.label}: max abs diff {info} (no tolerance; informative)")
 
 
-def verify_onnx(path: Path, weights: Weights, *, reference_dir: Path | None = None) -> VerifyReport:
-    """Verify an exported graph (precision read from its sidecar) against ``heke_ref``."""
-    precision = read_sidecar(path).precision
-    fp32 = precision == "fp32"
+def _notes(
+    report: VerifyReport,
+    sidecar: Sidecar,
+    weights: Weights,
+    cases: list[VerifyCase],
+    reference_dir: Path | None,
+) -> None:
+    if sidecar.weights_sha256 != weights.sha256:
+        report.lines.append("  (note) these weights are not the ones the graph was exported from")
+    if not any(c.label.startswith("shared") for c in cases):
+        where = reference_dir or default_reference_dir()
+        report.lines.append(f"  (note) no shared reference inputs in {where}; generated only")
+
+
+def verify_onnx(
+    path: Path,
+    weights: Weights,
+    *,
+    reference_dir: Path | None = None,
+    sizes: Sizes | None = None,
+) -> VerifyReport:
+    """Verify an exported graph (precision read from its sidecar) against ``heke_ref``.
+
+    ``sizes``: (batch, height, width) of the generated inputs; by default ``FP32_SIZES`` or
+    ``FP16_SIZES``. The shared reference inputs are added when found.
+    """
+    sidecar = read_sidecar(path)
+    if sidecar.model != weights.model:
+        raise CheckpointError(f"{path.name} is {sidecar.model}; the weights are {weights.model}")
+    fp32 = sidecar.precision == "fp32"
     runner = _ort_runner(path) if fp32 else _fp16_runner(path)
     model = load_model(weights).double() if fp32 else load_model(weights)
     engine = "ONNX Runtime CPU" if fp32 else "float16 reference evaluator"
     report = VerifyReport(f"{path.name} ({engine})")
-    cases = verify_cases(weights, FP32_SIZES if fp32 else FP16_SIZES, reference_dir)
-    if not cases[0].label.startswith("shared"):
-        where = reference_dir or default_reference_dir()
-        report.lines.append(
-            f"  (note) no shared reference inputs in {where}; generated inputs only"
-        )
+    cases = verify_cases(weights, sizes or (FP32_SIZES if fp32 else FP16_SIZES), reference_dir)
+    _notes(report, sidecar, weights, cases, reference_dir)
     for case in cases:
         expected = torch_outputs(model, case.inputs)
-        actual = runner(case.inputs)
-        (_check_fp32 if fp32 else _check_fp16)(report, case, actual, expected)
+        (_check_fp32 if fp32 else _check_fp16)(report, case, runner(case.inputs), expected)
     return report

@@ -66,13 +66,16 @@ def _read_pickle(path: Path, trust_pickle: bool) -> object:
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        # torch says "Weights only load failed" for garbage too; only an unsafe *global*
+        # means a readable pickle that full unpickling could load.
+        if "Unsupported global" in str(exc) or "can still be loaded" in str(exc):
             raise CheckpointError(
                 f"{path}: holds objects outside PyTorch's safe list, so weights_only loading "
                 "refused it; if you trust this file, pass --trust-checkpoint "
                 "(trust_pickle=True), which unpickles it fully and can run code"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({exc})") from None
+        reason = str(exc).splitlines()[0][:120]
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})") from None
     except RuntimeError as exc:
         reason = str(exc).split(". ")[0]
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({reason})") from None

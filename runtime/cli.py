@@ -7,13 +7,15 @@ errors (bad options, missing engine or regressor, nothing to score).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from heke_runtime.backends import BACKENDS, backend_name_for
+from heke_runtime.backends.torch import DEMO_PREFIX
 from heke_runtime.errors import HekeError
 from heke_runtime.results import RecordWriter, VideoResult, failed, format_table
 from heke_runtime.scorer import DEFAULT_BATCH_SIZE, InputItem, Scorer, expand_inputs
@@ -46,7 +48,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 def check_options(
     engine: Path, regressor: Path | None, backend: str | None, output: str | None, resume: bool
 ) -> None:
-    if not engine.is_file():
+    if not engine.is_file() and not str(engine).startswith(DEMO_PREFIX):
         usage_error(f"--engine {engine}: no such file")
     if regressor is not None and not regressor.is_file():
         usage_error(f"--regressor {regressor}: no such file")
@@ -66,11 +68,13 @@ def score_inputs(
     if len(todo) < len(items):
         typer.echo(f"{PROG}: resuming: {len(items) - len(todo)} inputs already done", err=True)
     results = []
-    with typer.progressbar(
-        length=len(todo), label="scoring", file=sys.stderr, hidden=not progress
-    ) as bar:
-        for item in todo:
-            result = failed(item.path, item.error) if item.error else scorer.score(item.path)
+    with (
+        typer.progressbar(
+            length=len(todo), label="scoring", file=sys.stderr, hidden=not progress
+        ) as bar,
+        closing(_results(scorer, todo)) as results_in_order,
+    ):
+        for result in results_in_order:
             writer.write(result)
             results.append(result)
             if not result.ok:
@@ -79,6 +83,14 @@ def score_inputs(
                 typer.echo(f"{PROG}: warning: {result.path}: {warning}", err=True)
             bar.update(1)
     return results
+
+
+def _results(scorer: Scorer, items: Sequence[InputItem]) -> Generator[VideoResult, None, None]:
+    """One result per item, in order: inputs that named nothing fail, the rest are scored
+    by the pipeline (decoding of later videos overlaps inference of earlier ones)."""
+    with closing(scorer.score_many(i.path for i in items if i.error is None)) as scored:
+        for item in items:
+            yield failed(item.path, item.error) if item.error else next(scored)
 
 
 @app.command()
@@ -92,7 +104,13 @@ def run(
         ),
     ],
     engine: Annotated[
-        Path, typer.Option("--engine", "-e", help=".onnx or .plan engine (with its .json sidecar).")
+        Path,
+        typer.Option(
+            "--engine",
+            "-e",
+            help=".onnx or .plan engine (with its .json sidecar); for the torch backend an "
+            "authors' checkpoint (.pkl/.pt) or demo:<model> (demo weights).",
+        ),
     ],
     regressor: Annotated[
         Path | None, typer.Option(help="Fine-tuned regressor .npz (adds the 'regressor' score).")
@@ -128,11 +146,26 @@ def run(
         str | None,
         typer.Option(help=f"One of {', '.join(BACKENDS)}. Default: from the engine suffix."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Snippets per inference call.")] = (
-        DEFAULT_BATCH_SIZE
-    ),
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Snippets per inference call, grouped across videos of the same frame size "
+            "(larger suits GPUs).",
+        ),
+    ] = DEFAULT_BATCH_SIZE,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            show_default=False,
+            help="Decoding threads feeding the engine. Default: this machine's cores. "
+            "0: no pipeline (decode, then infer, one video at a time).",
+        ),
+    ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=0, help="ONNX Runtime CPU threads (0 = all cores).")
+        int | None,
+        typer.Option(min=0, help="ONNX Runtime (0 = all cores) or torch CPU threads."),
     ] = None,
 ) -> None:
     """Score videos; records stream to --output as each video finishes, a table ends the run."""
@@ -155,6 +188,7 @@ def run(
             backend=backend,
             size=dims,
             threads=threads,
+            workers=workers,
         )
     except HekeError as exc:
         typer.echo(f"{PROG}: error: {exc}", err=True)

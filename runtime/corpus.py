@@ -418,7 +418,8 @@ def read_manifest(ray: ModuleType, manifest: Path) -> pa.Table:
     from heke_runtime.corpus_pipeline import INPUT_SCHEMA, normalise_manifest
 
     check_manifest(manifest)
-    suffix, path = manifest.suffix.lower(), str(manifest.resolve())
+    # abspath, not resolve(): ids hash the path as written, as for command-line inputs.
+    suffix, path = manifest.suffix.lower(), os.path.abspath(manifest)
     readers: dict[str, Callable[[], Any]] = {
         ".csv": lambda: ray.data.read_csv(path),
         ".parquet": lambda: ray.data.read_parquet(path),
@@ -437,7 +438,7 @@ def read_manifest(ray: ModuleType, manifest: Path) -> pa.Table:
             normalise_manifest,
             batch_format="pyarrow",
             batch_size=None,
-            fn_kwargs={"base": str(manifest.resolve().parent)},
+            fn_kwargs={"base": os.path.dirname(path)},
         )
         batches = list(rows.iter_batches(batch_format="pyarrow", batch_size=None))
     except HekeError:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +23,14 @@ import numpy as np
 
 from heke_runtime.backends import BaseBackend, backend_name_for, open_backend
 from heke_runtime.errors import HekeError
+from heke_runtime.pipeline import (
+    Pipeline,
+    PipelineOptions,
+    PipelineStats,
+    captured_warnings,
+    default_workers,
+    run_batches_with,
+)
 from heke_runtime.regressor import Regressor, RegressorError, load_regressor
 from heke_runtime.results import (
     HEAD_NAMES,
@@ -54,6 +61,12 @@ class Scorer:
     r2p1d, the authors' setting for raw/synthetic datasets; 10 is theirs for in-the-wild
     files; 20 frame pairs for resnet). ``size=(W, H)`` is needed for raw ``.yuv`` files.
     ``keep_arrays`` keeps the raw per-snippet ``heads`` and ``features`` on each result.
+
+    ``score_many`` runs the pipeline (:mod:`heke_runtime.pipeline`): ``workers`` decoding
+    threads (default: the machine's cores; 0 decodes in the calling thread, one video after
+    another) feed batches of up to ``batch_size`` snippets, grouped across videos, to the
+    backend. Results are the same either way and come in input order. ``backend_options``
+    go to the backend (e.g. ``{"precision": "fp32"}`` for the torch backend).
     """
 
     def __init__(
@@ -68,15 +81,19 @@ class Scorer:
         threads: int | None = None,
         device_id: int = 0,
         keep_arrays: bool = False,
+        workers: int | None = None,
+        backend_options: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
+        if workers is not None and workers < 0:
+            raise ScorerError(f"workers must be 0 (no pipeline) or more, got {workers}")
         if num_snippets is not None and num_snippets < 2:
             raise ScorerError(f"num_snippets must be at least 2, got {num_snippets}")
         self.engine_path = Path(engine)
         self.backend_name = backend_name_for(self.engine_path, backend)
-        options: dict[str, Any] = {"device_id": device_id}
-        if self.backend_name.startswith("onnxruntime") and threads is not None:
+        options: dict[str, Any] = {"device_id": device_id, **(backend_options or {})}
+        if self.backend_name.startswith(("onnxruntime", "torch")) and threads is not None:
             options["threads"] = threads
         self.backend: BaseBackend = open_backend(self.engine_path, self.backend_name, **options)
         self.sidecar = self.backend.sidecar
@@ -85,7 +102,9 @@ class Scorer:
         self.batch_size = batch_size
         self.size = size
         self.keep_arrays = keep_arrays
+        self.workers = default_workers() if workers is None else workers
         self.regressor = self._load_regressor(regressor)
+        self.last_stats: PipelineStats | None = None  # of the last pipelined score_many
         self._open = False
 
     def _load_regressor(self, regressor: str | Path | Regressor | None) -> Regressor | None:
@@ -135,60 +154,86 @@ class Scorer:
         start = time.perf_counter()
         try:
             self.open()
-            return self._score(path, start)
+            decoded = self._decode(path)
+            return self._finish(decoded, self._run(decoded.inputs), start)
         except Exception as exc:  # one bad file must not stop a batch
-            elapsed = time.perf_counter() - start
-            result = failed(path, error_reason(exc, path), elapsed_s=elapsed)
-            return dataclasses.replace(result, engine=self._engine_meta())
+            return self._failed(path, exc, start)
 
-    def score_many(self, paths: Iterable[str | Path]) -> Iterator[VideoResult]:
-        """Score each path in order, yielding each result as soon as it is ready."""
-        for path in paths:
-            yield self.score(path)
+    def score_many(self, paths: Iterable[str | Path]) -> Generator[VideoResult, None, None]:
+        """Score each path, yielding results in input order as soon as each is ready.
 
-    def _score(self, path: str | Path, start: float) -> VideoResult:
+        With ``workers > 0`` decoding, batching and inference overlap (module
+        :mod:`heke_runtime.pipeline`); ``last_stats`` then tells what the run did.
+        """
+        if self.workers == 0:
+            yield from (self.score(path) for path in paths)
+            return
+        try:
+            self.open()
+        except Exception:  # every video reports why the engine cannot run, as score() does
+            yield from (self.score(path) for path in paths)
+            return
+        options = PipelineOptions(workers=self.workers, batch_size=self.batch_size)
+        pipeline: Pipeline[DecodedVideo, VideoResult] = Pipeline(
+            self._decode, run_batches_with(self.backend), self._finish, self._failed, options
+        )
+        self.last_stats = pipeline.stats
+        yield from pipeline.run(paths)
+
+    def _decode(self, path: str | Path) -> DecodedVideo:
+        """Probe, sample, decode and preprocess one video (thread-safe)."""
         from heke_runtime.preprocess import load_clips  # PyAV loads on first use only
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with captured_warnings() as caught:
             loaded, info, plan = load_clips(
                 path, self.num_snippets, size=self.size, model=self.model
             )
-        inputs = _named_inputs(self.model, loaded)
-        heads, features = self._run(inputs)
+        messages = tuple(dict.fromkeys(one_line(m) for m in caught))
+        return DecodedVideo(str(path), _named_inputs(self.model, loaded), info, plan, messages)
+
+    def _failed(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
+        elapsed = time.perf_counter() - start
+        result = failed(path, error_reason(exc, path), elapsed_s=elapsed)
+        return dataclasses.replace(result, engine=self._engine_meta())
+
+    def _finish(
+        self, decoded: DecodedVideo, outputs: Mapping[str, np.ndarray], start: float
+    ) -> VideoResult:
+        """The result of one video from its snippets' engine outputs."""
+        heads, features = outputs["heads"], outputs["features"]
         if not (np.isfinite(heads).all() and np.isfinite(features).all()):
             # Never report garbage as a score (an FP16 overflow shows up this way).
             raise ScorerError(f"the engine returned NaN/Inf for this video ({self.device})")
         per_snippet = heads.astype(np.float64)
         reg = self.regressor.snippet_scores(features) if self.regressor else None
+        info = decoded.info
         video = _video_meta(info)
         return VideoResult(
-            path=str(path),
+            path=decoded.path,
             status="ok",
             scores=_summary(per_snippet, reg, np.mean),
             spread=_summary(per_snippet, reg, _spread),
-            snippets=_snippets(per_snippet, reg, np.asarray(plan), info),
+            snippets=_snippets(per_snippet, reg, np.asarray(decoded.plan), info),
             video=video,
-            sampling=self._sampling(video, next(iter(inputs.values())).shape),
+            sampling=self._sampling(video, next(iter(decoded.inputs.values())).shape),
             engine=self._engine_meta(),
             regressor=self._regressor_meta(),
             demo_weights=self.sidecar.demo_weights,
-            warnings=tuple(dict.fromkeys(one_line(str(w.message)) for w in caught)),
+            warnings=decoded.warnings,
             elapsed_s=time.perf_counter() - start,
             heads=heads if self.keep_arrays else None,
             features=features if self.keep_arrays else None,
         )
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """All snippets through the backend, ``batch_size`` at a time."""
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All snippets of one video through the backend, ``batch_size`` at a time."""
         count = next(iter(inputs.values())).shape[0]
-        heads, features = [], []
-        for first in range(0, count, self.batch_size):
-            batch = {k: v[first : first + self.batch_size] for k, v in inputs.items()}
-            out = self.backend.infer(batch)
-            heads.append(out["heads"])
-            features.append(out["features"])
-        return np.concatenate(heads), np.concatenate(features)
+        batches = (
+            {k: v[first : first + self.batch_size] for k, v in inputs.items()}
+            for first in range(0, count, self.batch_size)
+        )
+        outputs = list(run_batches_with(self.backend)(batches))
+        return {name: np.concatenate([o[name] for o in outputs]) for name in ("heads", "features")}
 
     def _sampling(self, video: VideoMeta, shape: tuple[int, ...]) -> Sampling:
         per_snippet = self.sidecar.preprocess.frames_per_snippet
@@ -230,6 +275,17 @@ def error_reason(exc: BaseException, path: str | Path | None = None) -> str:
     text = one_line(str(exc) if isinstance(exc, HekeError) else f"{type(exc).__name__}: {exc}")
     prefix = f"{path}: "
     return text[len(prefix) :] if path is not None and text.startswith(prefix) else text
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """One video's model inputs (first axis: snippets) and what its result needs."""
+
+    path: str
+    inputs: dict[str, np.ndarray]
+    info: Any
+    plan: np.ndarray
+    warnings: tuple[str, ...]
 
 
 def _named_inputs(model: str, loaded: Any) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ such skip into a failure so a GPU run cannot pass by skipping.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -20,12 +21,22 @@ def gpu_required() -> bool:
     return os.environ.get("HEKE_REQUIRE_GPU") == "1"
 
 
+@functools.cache
 def _cuda_available() -> bool:
+    """A CUDA device seen by torch, or by cuda-python when torch is a CPU build."""
     try:
         import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    try:
+        from cuda.bindings import runtime as cudart
     except ImportError:
         return False
-    return bool(torch.cuda.is_available())
+    error, count = cudart.cudaGetDeviceCount()
+    return error == cudart.cudaError_t.cudaSuccess and count > 0
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -90,12 +90,18 @@ def test_truncated_file(tmp_path, r2p1d_weights):
         load_checkpoint(cut, "r2p1d_HEKE_4")
 
 
-@pytest.mark.parametrize("content", [b"hello world\n", b"", b"\x80\x04K\x05."])
+@pytest.mark.parametrize(
+    "content",
+    [b"hello world\n", b"", b"\x80\x04K\x05.", bytes(range(256)) * 3, b"(lp0\nS'x'\np1\na."],
+)
 def test_non_checkpoint(tmp_path, content):
     path = tmp_path / "notes.pkl"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=r"notes\.pkl"):
+    with pytest.raises(
+        CheckpointError, match=r"notes\.pkl: (not a PyTorch|no 'state_dict'|damaged)"
+    ) as info:
         load_checkpoint(path, "r2p1d_HEKE_4")
+    assert "safe list" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_file_and_directory(tmp_path):

@@ -31,15 +31,15 @@ def _one_line_error(result, *needles: str) -> None:
 
 def test_tiny_export_with_verify_writes_checked_artifacts(tmp_path):
     out = tmp_path / "out"
-    args = ("-m", "r2p1d_HEKE_4", *TINY, "--out", str(out), "--verify")
+    args = ("-m", "resnet_HEKE_4", *TINY, "--out", str(out), "--verify")
     result = _run(*args, "--reference-dir", str(REFERENCE_DIR))
     assert result.exit_code == 0, result.output
     assert "DEMO weights" in result.stdout
     assert result.stdout.count("PASSED | verify ") == 2 and "FAILED" not in result.stdout
     if REFERENCE_DIR.is_dir():
-        assert "shared reference 2x3x8x144x176" in result.stdout
+        assert "shared reference 2x3x144x176" in result.stdout
     names = sorted(p.name for p in out.iterdir())
-    stems = ["r2p1d_HEKE_4-tiny-demo.fp16.onnx", "r2p1d_HEKE_4-tiny-demo.fp32.onnx"]
+    stems = ["resnet_HEKE_4-tiny-demo.fp16.onnx", "resnet_HEKE_4-tiny-demo.fp32.onnx"]
     assert names == sorted([*stems, *(s + ".json" for s in stems)])
     assert {read_sidecar(out / s).precision for s in stems} == {"fp16", "fp32"}
 
@@ -47,8 +47,10 @@ def test_tiny_export_with_verify_writes_checked_artifacts(tmp_path):
 def test_verify_fails_when_the_graph_does_not_compute_the_model(tmp_path):
     """The check can fail: a graph exported from other weights does not pass."""
     exported = onnx_from_weights(demo_weights("resnet_HEKE_4", tiny=True, seed=1), tmp_path)
-    report = verify_onnx(exported, demo_weights("resnet_HEKE_4", tiny=True, seed=2))
+    other = demo_weights("resnet_HEKE_4", tiny=True, seed=2)
+    report = verify_onnx(exported, other, reference_dir=tmp_path, sizes=((2, 32, 48),))
     assert not report and report.text().splitlines()[-1].startswith("FAILED | verify ")
+    assert "not the ones the graph was exported from" in report.text()
 
 
 def test_unknown_model_lists_the_valid_ones(tmp_path):

@@ -1,36 +1,65 @@
-"""Full-size r2p1d: FP32 + FP16 export with verify, as ``heke-export --verify`` runs it."""
+"""Full-size models: export both precisions and verify, as ``heke-export --verify`` does."""
 
 from __future__ import annotations
 
 import time
 
+import onnxruntime as ort
 import pytest
 
+from heke_export.onnx_export import onnx_from_weights
 from heke_export.pipeline import ExportOptions, artifacts_from_weights, weights_for
+from heke_export.verify import reference_case
+from heke_ref.checkpoint import demo_weights
+from heke_runtime.parity import compare
+from heke_runtime.tolerances import ONNX_FP32
 from tests.conftest import REFERENCE_DIR, reference_file
 
-# Issue 3: full export and verify under 3 minutes on the 2-core CI machine. Checked on the
-# process CPU time: on an idle machine wall time is at most that (the work runs on >= 1 core),
-# and unlike wall time it does not grow when other jobs share the machine.
+# Issue 3: full r2p1d export and verify under 3 minutes on the 2-core CI machine. Checked on
+# the process CPU time: on an idle machine the wall time is at most that (the work runs on at
+# least one core), and unlike wall time it does not grow when other jobs share the machine.
 BUDGET_S = 180
 
 
-@pytest.mark.slow
-def test_full_r2p1d_export_and_verify(tmp_path):
-    # The authors' reference weights, so the verify also compares with their stored outputs.
-    weights = weights_for("r2p1d_HEKE_4", reference_file("upstream_r2p1d_HEKE_4.npz"))
+def _export_and_verify(weights, tmp_path) -> tuple[str, float, float]:
     lines: list[str] = []
     start, cpu_start = time.perf_counter(), time.process_time()
-    result = artifacts_from_weights(
-        weights,
-        tmp_path,
-        ExportOptions(verify=True, reference_dir=REFERENCE_DIR),
-        echo=lines.append,
-    )
+    options = ExportOptions(verify=True, reference_dir=REFERENCE_DIR)
+    result = artifacts_from_weights(weights, tmp_path, options, echo=lines.append)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     report = "\n".join(lines)
-    print(f"{report}\nfull r2p1d export + verify: {elapsed:.0f} s wall, {cpu:.0f} s CPU")
+    print(f"{report}\n{weights.model} export + verify: {elapsed:.0f} s wall, {cpu:.0f} s CPU")
     assert result.verified and len(result.reports) == 2, report
-    assert report.count("vs authors' outputs") == 1  # the shared reference case
+    return report, elapsed, cpu
+
+
+@pytest.mark.slow
+def test_full_r2p1d_export_and_verify_within_budget(tmp_path):
+    # Demo weights: unlike the reference file's power-of-two weights they are not exact in
+    # float16, so the FP16 blind-score check sees a trained network's rounding error.
+    cpu_start = time.process_time()
+    weights = demo_weights("r2p1d_HEKE_4")  # part of `heke-export --demo-weights`
+    report, elapsed, _ = _export_and_verify(weights, tmp_path)
+    cpu = time.process_time() - cpu_start
     assert "generated 1x144x256" in report  # the fp16 case with T*H*W > 65504 at stage 1
+    assert "generated 7x48x64" in report and "generated 1x135x240" in report
     assert cpu < BUDGET_S, f"took {cpu:.0f} s of CPU ({elapsed:.0f} s wall), budget {BUDGET_S} s"
+
+
+@pytest.mark.slow
+def test_full_r2p1d_fp32_onnx_matches_the_authors_outputs(tmp_path):
+    weights = weights_for("r2p1d_HEKE_4", reference_file("upstream_r2p1d_HEKE_4.npz"))
+    path = onnx_from_weights(weights, tmp_path, "fp32")
+    case = reference_case(weights, REFERENCE_DIR)
+    assert case is not None and case.upstream is not None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = dict(zip(("heads", "features"), session.run(["heads", "features"], case.inputs)))
+    result = compare("onnx fp32 vs authors' outputs", actual, case.upstream, ONNX_FP32)
+    assert result, result.report()
+
+
+@pytest.mark.slow
+def test_full_resnet_export_and_verify_with_the_authors_weights(tmp_path):
+    weights = weights_for("resnet_HEKE_4", reference_file("upstream_resnet_HEKE_4.npz"))
+    report, _, _ = _export_and_verify(weights, tmp_path)
+    assert "PASSED | onnx fp32 vs authors' outputs" in report

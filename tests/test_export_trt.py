@@ -16,6 +16,8 @@ from heke_export.trt_build import (
     default_profile,
     import_tensorrt,
     plan_from_onnx,
+    tensorrt_logger,
+    tensorrt_major,
 )
 from heke_export.verify import blind_scores, generated_inputs, torch_outputs
 from heke_ref.checkpoint import demo_weights, load_model
@@ -97,3 +99,29 @@ def test_plan_from_onnx_builds_a_strongly_typed_engine_that_matches_the_referenc
         FP16_BLIND_SCORE,
     )
     assert result, result.report()
+
+
+# Runtime-side names plan_from_onnx uses; the lean wheel (no builder) imports without a GPU.
+LEAN_NAMES = (
+    "ILogger.Severity.ERROR",
+    "ILogger.Severity.WARNING",
+    "DataType.FLOAT",
+    "MemoryPoolType.WORKSPACE",
+    "BuilderFlag.VERSION_COMPATIBLE",
+    "Runtime",
+)
+
+
+def test_logger_and_names_against_the_real_tensorrt_bindings():
+    trt = pytest.importorskip("tensorrt_lean_bindings", reason="needs tensorrt-lean bindings")
+    for dotted in LEAN_NAMES:
+        obj = trt
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+    assert tensorrt_major(trt) >= 10
+    log = tensorrt_logger(trt)
+    log.log(trt.ILogger.Severity.INFO, "info")
+    log.log(trt.ILogger.Severity.WARNING, "warning")
+    log.log(trt.ILogger.Severity.ERROR, "error")
+    log.log(trt.ILogger.Severity.INTERNAL_ERROR, "internal")
+    assert log.errors == ["error", "internal"]

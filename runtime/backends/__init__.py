@@ -85,7 +85,7 @@ __all__ = [
     "TensorRTBackend",
     "TorchBackend",
     "backend_name_for",
-    "is_torch_engine",
     "check_inputs",
+    "is_torch_engine",
     "open_backend",
 ]

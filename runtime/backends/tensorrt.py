@@ -463,7 +463,9 @@ class TensorRTBackend(BaseBackend):
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return next(self._pipelined([inputs]))
 
-    def infer_many(self, batches: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    def infer_many(
+        self, batches: Iterable[Mapping[str, np.ndarray]]
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Outputs of each batch, in order, with the copies of neighbouring batches overlapped.
 
         Each batch is checked like ``infer``. At most :data:`SLOTS` batches are in flight, so
@@ -553,7 +555,9 @@ class TensorRTBackend(BaseBackend):
             outputs[name] = (shape, dtype)
         return outputs
 
-    def _retire(self, job: Job, parts: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    def _retire(
+        self, job: Job, parts: list[dict[str, np.ndarray]]
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Wait for ``job``'s download; yield the caller's batch once its last piece is in."""
         cuda = self._require_cuda()
         cuda.call(cuda.rt.cudaEventSynchronize(job.slot.downloaded))

@@ -392,7 +392,9 @@ class TorchBackend(BaseBackend):
             with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
                 outputs = self._module(*ordered)
         pinned = tuple(torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in outputs)
-        return CapturedShape(graph, static, staged, (outputs[0], outputs[1]), (pinned[0], pinned[1]))
+        return CapturedShape(
+            graph, static, staged, (outputs[0], outputs[1]), (pinned[0], pinned[1])
+        )
 
     @property
     def captured_shapes(self) -> list[tuple[Any, ...]]:
