@@ -102,7 +102,7 @@ class CorpusOptions:
     actor_cpus: float = 1.0
     decode_cpus: float = 1.0
     videos_per_task: int = 16
-    videos_per_call: int = 4
+    videos_per_call: int = 1
     max_retries: int = 5
     run_id: str | None = None
     resume: bool = False
@@ -443,11 +443,19 @@ def read_manifest(ray: ModuleType, manifest: Path) -> pa.Table:
         batches = list(rows.iter_batches(batch_format="pyarrow", batch_size=None))
     except HekeError:
         raise
-    except Exception as exc:  # Ray wraps what a task raised; report the cause
-        ours = _ours(exc)
-        kind = CorpusError if ours is None else CorpusUsageError
-        raise kind(f"--manifest {manifest}: {ours or _root_cause(exc)}") from None
-    return pa.concat_tables(batches) if batches else INPUT_SCHEMA.empty_table()
+    except Exception as exc:  # Ray could not read it at all
+        raise CorpusError(f"--manifest {manifest}: {_root_cause(exc)}") from None
+    if not batches:
+        return INPUT_SCHEMA.empty_table()
+    table = pa.concat_tables(batches)
+    bad = table.filter(table.column("problem").is_valid())
+    if bad.num_rows:
+        row = bad.slice(0, 1).to_pylist()[0]
+        raise CorpusUsageError(
+            f"--manifest {manifest}: {bad.num_rows} bad rows, e.g. the row of path "
+            f"{row['path'] or '(empty)'!r}: {row['problem']}"
+        )
+    return table.drop_columns(["problem"])
 
 
 def _ours(exc: BaseException) -> HekeError | None:

@@ -26,7 +26,7 @@ from heke_runtime.corpus import (
 )
 from heke_runtime.errors import HekeError
 from heke_runtime.results import SCALE_NOTE, VideoResult, format_table
-from heke_runtime.scorer import DEFAULT_BATCH_SIZE
+from heke_runtime.scorer import DEFAULT_BATCH_SIZE, expand_inputs
 
 PROG = "heke-corpus"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -98,10 +98,11 @@ def report(summary: CorpusSummary, results: list[VideoResult]) -> None:
         typer.echo(f"{summary.scored} scored, {summary.failed} failed; scale: {SCALE_NOTE}")
     else:
         typer.echo(f"{PROG}: nothing to do: every input is already in the output", err=True)
-    rate = (summary.scored + summary.failed) / summary.elapsed_s if summary.elapsed_s else 0.0
+    done = summary.scored + summary.failed
+    rate = f", {done / summary.elapsed_s:.2f} videos/s" if done and summary.elapsed_s else ""
     typer.echo(
         f"{PROG}: {summary.records} records in {summary.output / 'results'} "
-        f"(run {summary.run_id}: {summary.elapsed_s:.1f} s, {rate:.2f} videos/s)",
+        f"(run {summary.run_id}: {summary.elapsed_s:.1f} s{rate})",
         err=True,
     )
     if summary.missing:
@@ -224,9 +225,20 @@ def corpus(
         )
     except HekeError as exc:
         usage_error(str(exc))
+    if manifest is None:
+        _require_videos(inputs or [])
     summary, results = _run(inputs or [], engine, output, manifest, options)
     report(summary, results)
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_FAILED)
+
+
+def _require_videos(inputs: list[str]) -> None:
+    """As heke-run: inputs that name no video at all are a usage error, not a run."""
+    items = expand_inputs(inputs)
+    if not any(item.error is None for item in items):
+        for item in items:
+            typer.echo(f"{PROG}: {item.path}: {item.error}", err=True)
+        usage_error("no videos to score")
 
 
 def _run(

@@ -27,36 +27,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from heke_runtime.corpus import CorpusError
 from heke_runtime.corpus_store import row_from_record, video_id
-from heke_runtime.results import VideoResult, failed, one_line
-from heke_runtime.scorer import (
-    Scorer,
-    ScorerError,
-    _named_inputs,
-    _snippets,
-    _spread,
-    _summary,
-    _video_meta,
-    error_reason,
-)
+from heke_runtime.errors import HekeError
+from heke_runtime.pipeline import captured_warnings
+from heke_runtime.results import VideoResult, one_line
+from heke_runtime.scorer import DecodedVideo, Scorer, _named_inputs, error_reason
 
 INPUT_SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("label", pa.float64())])
 PREPARED_FIELDS = [
-    ("payload", pa.large_binary()),  # a pickled Prepared; null when decoding failed
+    ("decoded", pa.binary()),  # pickled DecodedVideo without its arrays; null on failure
+    ("tensor", pa.large_binary()),  # the arrays' bytes back to back (see pack_decoded)
     ("prep_error", pa.string()),
     ("prep_s", pa.float64()),
 ]
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What a decode task hands an actor: ``load_clips``' outputs and its warnings."""
-
-    loaded: Any  # clips [T,3,N,H,W], or (rgb, dif) for resnet
-    info: Any  # heke_runtime.decode.VideoInfo (holds the frame times the records need)
-    plan: np.ndarray
-    warnings: tuple[str, ...]
+class DecodeStageError(HekeError):
+    """Why a decode task could not prepare a video (its one-line reason, carried across)."""
 
 
 @dataclass(frozen=True)
@@ -85,30 +72,39 @@ def input_rows(paths: list[str], ids: list[str | None], labels: list[float | Non
 
 
 def normalise_manifest(batch: pa.Table, *, base: str) -> pa.Table:
-    """Manifest rows as :data:`INPUT_SCHEMA`: paths made absolute from the manifest's folder
-    (every worker must see the same path), ids as text (hash of the path when absent),
-    labels as numbers. Runs in Ray Data tasks."""
+    """Manifest rows as :data:`INPUT_SCHEMA` plus ``problem`` (null for a good row): paths
+    made absolute from the manifest's folder (every worker must see the same path), ids as
+    text (the hash of the path when absent), labels as numbers. Runs in Ray Data tasks, so
+    a bad row is reported in ``problem`` rather than raised (Ray would bury the message)."""
     names = set(batch.column_names)
-    paths = [_absolute(p, base) for p in batch.column("path").to_pylist()]
-    ids: list[Any] = batch.column("id").to_pylist() if "id" in names else [None] * len(paths)
-    ids = [None if i is None or str(i) == "" else str(i) for i in ids]
-    labels: list[float | None] = [None] * len(paths)
-    if "label" in names:
-        column = batch.column("label")
-        try:
-            labels = column.cast(pa.float64()).to_pylist()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise CorpusError(
-                f"manifest labels must be numbers; got {column.type} values such as "
-                f"{column.drop_null().slice(0, 3).to_pylist()}"
-            ) from None
-    return input_rows(paths, ids, labels)
+    count = batch.num_rows
+    raw_paths = batch.column("path").to_pylist()
+    raw_ids = batch.column("id").to_pylist() if "id" in names else [None] * count
+    raw_labels = batch.column("label").to_pylist() if "label" in names else [None] * count
+    paths, labels, problems = [], [], []
+    for path, label in zip(raw_paths, raw_labels):
+        text = "" if path is None else str(path).strip()
+        number, problem = _number(label)
+        problems.append("empty path" if not text else problem)
+        paths.append(_absolute(text, base) if text else "")
+        labels.append(number)
+    ids = [None if i is None or str(i).strip() == "" else str(i).strip() for i in raw_ids]
+    table = input_rows(paths, ids, labels)
+    return table.append_column("problem", pa.array(problems, pa.string()))
 
 
-def _absolute(path: Any, base: str) -> str:
-    if path is None or str(path).strip() == "":
-        raise CorpusError("a manifest row has an empty path")
-    text = os.path.expanduser(str(path).strip())
+def _number(value: Any) -> tuple[float | None, str | None]:
+    """A label as a float (blank: none), or why it is not a number."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    try:
+        return float(value), None
+    except (TypeError, ValueError):
+        return None, f"label {value!r} is not a number"
+
+
+def _absolute(path: str, base: str) -> str:
+    text = os.path.expanduser(path)
     return os.path.normpath(text if os.path.isabs(text) else os.path.join(base, text))
 
 
@@ -124,33 +120,80 @@ def prepare_batch(
     batch: pa.Table, *, model: str, num_snippets: int, size: list[int] | None
 ) -> pa.Table:
     """Decode and preprocess each video of ``batch``; failures become ``prep_error``."""
-    payloads: list[bytes | None] = []
+    metas: list[bytes | None] = []
+    tensors: list[pa.Array] = []
     errors: list[str | None] = []
     seconds: list[float] = []
     dims = (int(size[0]), int(size[1])) if size else None
     for path in batch.column("path").to_pylist():
         start = time.perf_counter()
+        meta, tensor, error = None, pa.py_buffer(b""), None
         try:
-            payloads.append(_prepare(path, model, num_snippets, dims))
-            errors.append(None)
+            meta, tensor = pack_decoded(_decode(path, model, num_snippets, dims))
         except Exception as exc:  # one bad file must not stop a batch (as in Scorer.score)
-            payloads.append(None)
-            errors.append(error_reason(exc, path))
+            error = error_reason(exc, path)
+        metas.append(meta)
+        tensors.append(_one_binary(tensor))
+        errors.append(error)
         seconds.append(time.perf_counter() - start)
-    for (name, kind), values in zip(PREPARED_FIELDS, (payloads, errors, seconds)):
-        batch = batch.append_column(pa.field(name, kind), pa.array(values, kind))
+    columns = [pa.array(metas, pa.binary()), pa.chunked_array(tensors, pa.large_binary())]
+    columns += [pa.array(errors, pa.string()), pa.array(seconds, pa.float64())]
+    for (name, kind), column in zip(PREPARED_FIELDS, columns):
+        batch = batch.append_column(pa.field(name, kind), column)
     return batch
 
 
-def _prepare(path: str, model: str, num_snippets: int, size: tuple[int, int] | None) -> bytes:
+def _decode(path: str, model: str, num_snippets: int, size: tuple[int, int] | None) -> DecodedVideo:
+    """What ``Scorer._decode`` does, in a decode task: the same calls and warning capture,
+    so the actor's ``Scorer._finish`` gives the same record."""
     from heke_runtime.preprocess import load_clips
 
-    # The same calls and warning capture as Scorer._score, so records agree exactly.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings() as caught:
         loaded, info, plan = load_clips(path, num_snippets, size=size, model=model)
-    notes = tuple(dict.fromkeys(one_line(str(w.message)) for w in caught))
-    return pickle.dumps(Prepared(loaded, info, np.asarray(plan), notes), protocol=5)
+    notes = tuple(dict.fromkeys(one_line(m) for m in caught))
+    return DecodedVideo(str(path), _named_inputs(model, loaded), info, np.asarray(plan), notes)
+
+
+def pack_decoded(decoded: DecodedVideo) -> tuple[bytes, pa.Buffer]:
+    """A decoded video as (small pickle, raw buffer of its arrays). The buffer wraps the
+    array without a copy (one array; two are joined), so Ray copies the tensor, up to
+    142 MiB for 1080p, once: into its object store. Pickling it would cost four copies."""
+    arrays = [np.ascontiguousarray(a) for a in decoded.inputs.values()]
+    layout = [(name, a.shape, a.dtype.str) for name, a in zip(decoded.inputs, arrays)]
+    if len(arrays) == 1:
+        data = arrays[0]
+    else:
+        data = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
+    bare = dataclasses.replace(decoded, inputs={})
+    return pickle.dumps((bare, layout), protocol=5), pa.py_buffer(data)
+
+
+def unpack_decoded(meta: bytes, tensor: pa.Buffer) -> DecodedVideo:
+    """The inverse of :func:`pack_decoded`; the arrays are read-only views of ``tensor``."""
+    bare, layout = pickle.loads(meta)
+    flat, offset, inputs = np.frombuffer(tensor, dtype=np.uint8), 0, {}
+    for name, shape, dtype in layout:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        inputs[name] = flat[offset : offset + size].view(dtype).reshape(shape)
+        offset += size
+    return dataclasses.replace(bare, inputs=inputs)
+
+
+def _one_binary(data: pa.Buffer) -> pa.Array:
+    """A one-value large_binary array over ``data``, without copying it."""
+    offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int64))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, offsets, data])
+
+
+def binary_values(column: pa.ChunkedArray) -> list[pa.Buffer]:
+    """The values of a large_binary column as zero-copy buffers (``as_buffer`` copies)."""
+    values = []
+    for chunk in column.chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
+        data = chunk.buffers()[2] or pa.py_buffer(b"")
+        for i in range(chunk.offset, chunk.offset + len(chunk)):
+            values.append(data.slice(int(offsets[i]), int(offsets[i + 1] - offsets[i])))
+    return values
 
 
 # --------------------------------------------------------------------------- inference actor
@@ -181,11 +224,12 @@ class InferActor:
         from heke_runtime.corpus_store import rows_table
 
         scorer = self._load()
-        rows = [self._row(scorer, item) for item in batch.to_pylist()]
-        return rows_table(rows)
+        tensors = binary_values(batch.column("tensor"))  # read in place, never copied
+        items = batch.drop_columns(["tensor"]).to_pylist()
+        return rows_table([self._row(scorer, item, t) for item, t in zip(items, tensors)])
 
-    def _row(self, scorer: Scorer, item: dict[str, Any]) -> dict[str, Any]:
-        result = score_prepared(scorer, item["path"], item["payload"], item["prep_error"])
+    def _row(self, scorer: Scorer, item: dict[str, Any], tensor: pa.Buffer) -> dict[str, Any]:
+        result = score_prepared(scorer, item["path"], item["decoded"], tensor, item["prep_error"])
         result = dataclasses.replace(result, elapsed_s=result.elapsed_s + item["prep_s"])
         return row_from_record(
             result.to_dict(),
@@ -196,53 +240,19 @@ class InferActor:
 
 
 def score_prepared(
-    scorer: Scorer, path: str, payload: bytes | None, prep_error: str | None
+    scorer: Scorer, path: str, meta: bytes | None, tensor: pa.Buffer, prep_error: str | None
 ) -> VideoResult:
-    """``Scorer.score`` for a video a decode task prepared; errors become error results.
-
-    ``elapsed_s`` counts this step only (the caller adds the decode time).
-    """
+    """``Scorer.score`` for a video a decode task prepared: the Scorer's own inference,
+    result and failure steps. ``elapsed_s`` counts this step only (the caller adds the
+    decode time)."""
     start = time.perf_counter()
     try:
-        if prep_error is not None:
-            return _failed(scorer, path, prep_error, start)
-        return result_from_prepared(scorer, path, pickle.loads(payload or b""), start)
+        if prep_error is not None or meta is None:
+            raise DecodeStageError(prep_error or "the decode task sent nothing")
+        decoded = unpack_decoded(meta, tensor)
+        return scorer._finish(decoded, scorer._run(decoded.inputs), start)
     except Exception as exc:  # as Scorer.score: one bad video never stops the actor
-        return _failed(scorer, path, error_reason(exc, path), start)
-
-
-def _failed(scorer: Scorer, path: str, reason: str, start: float) -> VideoResult:
-    result = failed(path, reason, elapsed_s=time.perf_counter() - start)
-    return dataclasses.replace(result, engine=scorer._engine_meta())
-
-
-def result_from_prepared(
-    scorer: Scorer, path: str, prepared: Prepared, start: float
-) -> VideoResult:
-    """The second half of ``Scorer._score`` (everything after ``load_clips``), from the
-    Scorer's own helpers. Kept in step with it by the record-equality test; a
-    ``Scorer.result_from(path, loaded, info, plan, warnings)`` split would replace it."""
-    inputs = _named_inputs(scorer.model, prepared.loaded)
-    heads, features = scorer._run(inputs)
-    if not (np.isfinite(heads).all() and np.isfinite(features).all()):
-        raise ScorerError(f"the engine returned NaN/Inf for this video ({scorer.device})")
-    per_snippet = heads.astype(np.float64)
-    reg = scorer.regressor.snippet_scores(features) if scorer.regressor else None
-    video = _video_meta(prepared.info)
-    return VideoResult(
-        path=str(path),
-        status="ok",
-        scores=_summary(per_snippet, reg, np.mean),
-        spread=_summary(per_snippet, reg, _spread),
-        snippets=_snippets(per_snippet, reg, prepared.plan, prepared.info),
-        video=video,
-        sampling=scorer._sampling(video, next(iter(inputs.values())).shape),
-        engine=scorer._engine_meta(),
-        regressor=scorer._regressor_meta(),
-        demo_weights=scorer.sidecar.demo_weights,
-        warnings=prepared.warnings,
-        elapsed_s=time.perf_counter() - start,
-    )
+        return scorer._failed(path, exc, start)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -257,7 +267,7 @@ def build_dataset(
     decode into the actors (decoding must scale with CPUs, not with engines).
     """
     if todo.num_rows == 0:
-        raise CorpusError("nothing to score")  # callers skip the pipeline instead
+        raise ValueError("build_dataset needs rows; callers skip the pipeline when none")
     step = plan.rows_per_block
     blocks = [todo.slice(i, step) for i in range(0, todo.num_rows, step)]
     scorer = config["scorer"]

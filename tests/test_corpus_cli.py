@@ -16,6 +16,13 @@ def run(capsys, *args):
     return code, out, err
 
 
+@pytest.fixture(autouse=True)
+def video(tmp_path, monkeypatch):
+    """``v.mp4`` in the working folder: an input that exists (never decoded here)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "v.mp4").write_bytes(b"not decoded by these tests")
+
+
 @pytest.fixture
 def engine(tmp_path):
     # Usage errors are caught before the engine is opened; any file will do.
@@ -36,6 +43,7 @@ def test_without_ray_the_command_names_the_extra(tmp_path, capsys, monkeypatch, 
     ("args", "message"),
     [
         ((), "nothing to score"),
+        (("missing.mp4",), "no videos to score"),
         (("v.mp4", "--resume", "--overwrite"), "contradict"),
         (("v.mp4", "--device", "tpu"), "valid: auto, cpu, gpu"),
         (("v.mp4", "--size", "big"), "WIDTHxHEIGHT"),
@@ -49,7 +57,7 @@ def test_usage_errors_exit_2_on_one_line(tmp_path, capsys, engine, args, message
     pytest.importorskip("ray", reason="checked after Ray is found (heke[ray])")
     code, _, err = run(capsys, *args, "-e", engine, "-o", tmp_path / "out")
     assert code == 2, err
-    assert message in err and err.count("\n") == 1
+    assert err.splitlines()[-1].startswith("heke-corpus: error: ") and message in err
 
 
 def test_a_missing_engine_is_a_usage_error(tmp_path, capsys):
@@ -80,3 +88,43 @@ def test_an_output_with_results_needs_resume_or_overwrite(tmp_path, capsys):
     )
     code, _, err = run(capsys, "v.mp4", "-e", tiny_engine("r2p1d_HEKE_4"), "-o", out)
     assert code == 2 and "already holds results; pass --resume" in err
+
+
+class FakeRay:
+    """Just what compute_plan asks of Ray: the cluster's resources."""
+
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_plans_put_one_engine_per_gpu_and_cpu_actors_elsewhere():
+    from heke_runtime.corpus import CorpusError, CorpusOptions, compute_plan
+    from heke_runtime.scorer import Scorer
+    from tests.test_backends import tiny_engine
+
+    scorer = Scorer(tiny_engine("r2p1d_HEKE_4"))
+    gpu = compute_plan(FakeRay(CPU=64, GPU=4), scorer, CorpusOptions(), 10**6)
+    assert (gpu.device, gpu.backend, gpu.min_actors, gpu.max_actors) == (
+        "gpu",
+        "onnxruntime-cuda",
+        4,
+        4,
+    )
+    assert gpu.actor_gpus == 1 and gpu.rows_per_block == 16  # capped by videos_per_task
+    cpu = compute_plan(FakeRay(CPU=8), scorer, CorpusOptions(), 40)
+    assert (cpu.device, cpu.backend, cpu.min_actors, cpu.max_actors) == (
+        "cpu",
+        "onnxruntime-cpu",
+        1,
+        4,
+    )
+    assert cpu.actor_gpus == 0 and cpu.rows_per_block == 2  # every CPU gets blocks to do
+    fixed = compute_plan(FakeRay(CPU=8, GPU=2), scorer, CorpusOptions(device="cpu", actors=3), 9)
+    assert (fixed.device, fixed.min_actors, fixed.max_actors) == ("cpu", 3, 3)
+    with pytest.raises(CorpusError, match="no GPUs"):
+        compute_plan(FakeRay(CPU=8), scorer, CorpusOptions(device="gpu"), 9)
+    with pytest.raises(CorpusError, match="too few"):
+        compute_plan(FakeRay(CPU=1), scorer, CorpusOptions(), 9)

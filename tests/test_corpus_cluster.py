@@ -9,6 +9,7 @@ CSV manifest with relative and absolute paths, some explicit ids and some labels
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -16,14 +17,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the corpus tests need Ray Data (pip install heke[ray])")
+pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from heke_runtime import corpus_store as store  # noqa: E402
-from heke_runtime.corpus import CorpusOptions, run_corpus  # noqa: E402
+from heke_runtime.corpus import CorpusOptions, CorpusUsageError, read_manifest, run_corpus  # noqa: E402
+from heke_runtime.regressor import save_regressor, upstream_layout  # noqa: E402
 from heke_runtime.scorer import Scorer  # noqa: E402
 from tests.test_backends import tiny_engine  # noqa: E402
 from tests.videos import corrupt_file, make_audio, make_video, truncate_file  # noqa: E402
@@ -79,9 +83,22 @@ def corpus(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(engine, corpus) -> dict:
+def regressor(tmp_path_factory) -> Path:
+    """A random regressor over the tiny engine's features (the actors load it too)."""
+    layout = upstream_layout("r2p1d_HEKE_4", 360)
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.normal(0, 0.1, (128, layout.dim)), "b1": np.zeros(128),
+        "w2": rng.normal(0, 0.1, (32, 128)), "b2": np.zeros(32),
+        "w3": rng.normal(0, 0.1, (1, 32)), "b3": np.full(1, 5.0),
+    }  # fmt: skip
+    return save_regressor(tmp_path_factory.mktemp("regressor") / "reg.npz", layout, weights)
+
+
+@pytest.fixture(scope="module")
+def reference(engine, regressor, corpus) -> dict:
     """The single-machine Scorer's records, by path, with the backend the actors use."""
-    with Scorer(engine, backend="onnxruntime-cpu") as scorer:
+    with Scorer(engine, regressor, backend="onnxruntime-cpu") as scorer:
         return {str(p): scorer.score(p).to_dict() for p in corpus["paths"]}
 
 
@@ -197,9 +214,13 @@ def assert_complete(output: Path, corpus: dict, reference: dict) -> list[dict]:
 # --------------------------------------------------------------------------- tests
 
 
-def test_cluster_records_equal_single_machine_records(cluster, engine, corpus, reference, tmp_path):
+def test_cluster_records_equal_single_machine_records(
+    cluster, engine, regressor, corpus, reference, tmp_path
+):
     output = tmp_path / "out"
-    options = CorpusOptions(actors=1, flush_rows=8, jsonl=True, run_id="parity")
+    options = CorpusOptions(
+        regressor=str(regressor), actors=1, flush_rows=8, jsonl=True, run_id="parity"
+    )
     summary = run_corpus([], engine, output, manifest=corpus["manifest"], options=options)
     total = len(corpus["paths"])
     failures = sum(r["status"] != "ok" for r in reference.values())
@@ -216,7 +237,9 @@ def test_cluster_records_equal_single_machine_records(cluster, engine, corpus, r
     assert (output / store.RUNS_DIR / "parity" / store.RUN_FILE).is_file()
 
 
-def test_killed_actor_and_lost_node_lose_nothing(cluster, engine, corpus, reference, tmp_path):
+def test_killed_actor_and_lost_node_lose_nothing(
+    cluster, engine, regressor, corpus, reference, tmp_path
+):
     events: list[str] = []
 
     def sabotage(result):
@@ -229,7 +252,7 @@ def test_killed_actor_and_lost_node_lose_nothing(cluster, engine, corpus, refere
             cluster.add_node(num_cpus=1)
 
     output = tmp_path / "out"
-    options = CorpusOptions(actors=1, flush_rows=8)
+    options = CorpusOptions(regressor=str(regressor), actors=1, flush_rows=8)
     summary = run_corpus(
         [], engine, output, manifest=corpus["manifest"], options=options, on_result=sabotage
     )
@@ -239,7 +262,7 @@ def test_killed_actor_and_lost_node_lose_nothing(cluster, engine, corpus, refere
 
 
 def test_killed_driver_then_resume_rescores_nothing_finished(
-    cluster, engine, corpus, reference, tmp_path
+    cluster, engine, regressor, corpus, reference, tmp_path
 ):
     output = tmp_path / "out"
 
@@ -247,7 +270,7 @@ def test_killed_driver_then_resume_rescores_nothing_finished(
         return [
             sys.executable, "-m", "heke_runtime.corpus_cli", "--manifest", str(corpus["manifest"]),
             "-e", str(engine), "-o", str(output), "--address", cluster.address, "--actors", "1",
-            "--flush-rows", "4", "--run-id", run_id, *extra,
+            "--flush-rows", "4", "--regressor", str(regressor), "--run-id", run_id, *extra,
         ]  # fmt: skip
 
     log = tmp_path / "first.log"
@@ -276,3 +299,28 @@ def test_killed_driver_then_resume_rescores_nothing_finished(
     assert first_rows.keys() == kept.keys()  # none of them scored again...
     assert all(first_rows[i]["elapsed_s"] == kept[i] for i in kept)  # ...the same records
     assert sum(r["run_id"] == "second" for r in records) == len(corpus["paths"]) - len(kept)
+
+
+def test_manifests_in_every_format_read_the_same(cluster, tmp_path):
+    rows = [
+        {"path": "a.mp4", "id": "x1", "label": 1.5},
+        {"path": "/abs/b.mp4", "id": None, "label": None},
+    ]
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, tmp_path / "m.parquet")
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "m.csv").write_text("path,id,label\na.mp4,x1,1.5\n/abs/b.mp4,,\n")
+    want = [
+        {"id": "x1", "path": str(tmp_path / "a.mp4"), "label": 1.5},
+        {"id": store.video_id("/abs/b.mp4"), "path": "/abs/b.mp4", "label": None},
+    ]
+    for name in ("m.parquet", "m.jsonl", "m.csv"):
+        assert read_manifest(ray, tmp_path / name).to_pylist() == want, name
+    (tmp_path / "empty.csv").write_text("path,id\n")
+    assert read_manifest(ray, tmp_path / "empty.csv").num_rows == 0
+    (tmp_path / "bad.csv").write_text("path,label\na.mp4,great\n")
+    with pytest.raises(CorpusUsageError, match=r"1 bad rows.*'great' is not a number"):
+        read_manifest(ray, tmp_path / "bad.csv")
+    (tmp_path / "nopath.csv").write_text("file,label\na.mp4,1\n")
+    with pytest.raises(CorpusUsageError, match="no 'path' column"):
+        read_manifest(ray, tmp_path / "nopath.csv")

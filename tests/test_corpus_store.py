@@ -183,7 +183,7 @@ def test_manifest_rows_are_normalised(tmp_path):
         {
             "path": ["a.mp4", "/abs/b.mp4", "sub/../c.mp4"],
             "id": [None, "17", ""],
-            "label": [1, None, 3],
+            "label": [1, None, 3.5],
             "other": ["x", "y", "z"],
         }
     )
@@ -198,13 +198,14 @@ def test_manifest_rows_are_normalised(tmp_path):
         "17",
         store.video_id(tmp_path / "c.mp4"),
     ]
-    assert [r["label"] for r in rows] == [1.0, None, 3.0]
+    assert [r["label"] for r in rows] == [1.0, None, 3.5]
+    assert [r["problem"] for r in rows] == [None, None, None]
 
 
-def test_manifest_labels_must_be_numbers(tmp_path):
-    batch = pa.table({"path": ["a.mp4"], "label": ["good"]})
-    with pytest.raises(CorpusError, match="labels must be numbers"):
-        normalise_manifest(batch, base=str(tmp_path))
+def test_bad_manifest_rows_say_why(tmp_path):
+    batch = pa.table({"path": ["a.mp4", " ", "c.mp4"], "label": ["good", "1", ""]})
+    problems = normalise_manifest(batch, base=str(tmp_path)).column("problem").to_pylist()
+    assert problems == ["label 'good' is not a number", "empty path", None]
 
 
 def test_numeric_manifest_ids_become_text(tmp_path):

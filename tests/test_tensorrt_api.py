@@ -63,7 +63,8 @@ class FakeCudart:
         self.streams: dict[int, list] = {}  # handle -> pending operations
         self.events: dict[int, tuple[int, int] | None] = {}  # handle -> (stream, ops seen)
         self.done: dict[int, int] = {}  # stream -> operations executed
-        self.log: list[str] = []
+        self.log: list[str] = []  # operations in the order they ran
+        self.host: list[str] = []  # what the host queued, and when it blocked
         self.mallocs = self.frees = 0
 
     # plumbing
@@ -130,6 +131,7 @@ class FakeCudart:
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
         name = "upload" if kind == 1 else "download"
         self.streams[stream].append(("copy", (dst, src, nbytes, name)))
+        self.host.append(name)
         return (0,)
 
     def enqueue(self, stream, label, work):
@@ -152,6 +154,7 @@ class FakeCudart:
 
     def cudaEventSynchronize(self, event):
         if self.events[event] is not None:
+            self.host.append("wait")
             self.run_until(*self.events[event])
         return (0,)
 
@@ -218,8 +221,8 @@ class FakeContext:
 class FakeEngine:
     names = ("clips", "heads", "features")
 
-    def __init__(self, cuda, profiles):
-        self.cuda, self.profiles = cuda, profiles
+    def __init__(self, cuda, profiles, context_type):
+        self.cuda, self.profiles, self.context_type = cuda, profiles, context_type
         self.num_io_tensors = 3
         self.num_optimization_profiles = len(profiles)
 
@@ -236,25 +239,31 @@ class FakeEngine:
         return self.profiles[index][name]
 
     def create_execution_context(self):
-        return FakeContext(self)
+        return self.context_type(self)
 
 
-def fake_tensorrt(cuda, profiles, version="11.4.0.106"):
+def fake_tensorrt(cuda, profiles, version="11.4.0.106", context_type=FakeContext):
+    """A ``tensorrt`` module whose engines run ``context_type`` (the fake model by default)."""
+
     class Runtime:
         def __init__(self, logger):
             self.engine_host_code_allowed = False
 
         def deserialize_cuda_engine(self, plan):
-            return None if plan == b"garbage" else FakeEngine(cuda, profiles)
+            return None if plan == b"garbage" else FakeEngine(cuda, profiles, context_type)
 
-    logger = SimpleNamespace(WARNING=2)
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            self.severity = severity
+
     return SimpleNamespace(
         __version__=version,
-        Logger=lambda severity: SimpleNamespace(WARNING=severity),
+        Logger=Logger,
         Runtime=Runtime,
         TensorIOMode=SimpleNamespace(INPUT="INPUT"),
         nptype=lambda dtype: np.float32,
-        **{"Logger.WARNING": logger},
     )
 
 
@@ -269,7 +278,11 @@ def plan(tmp_path):
     """A plan file with a sidecar for this (fake) GPU and TensorRT 11.4."""
     path = tmp_path / "model.plan"
     path.write_bytes(b"a plan")
-    info = {"version": "11.4.0.106", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    info = {
+        "version": "11.4.0.106",
+        "gpu_name": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0",
+    }
     sidecar = dataclasses.replace(
         read_sidecar(tiny_engine("r2p1d_HEKE_4")),
         kind="tensorrt",
@@ -349,7 +362,9 @@ def attribute_chains(tree):
     """Dotted text of every outermost attribute chain (``trt.TensorIOMode.INPUT``)."""
     inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     return {
-        ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and id(n) not in inner
+        ast.unparse(n)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and id(n) not in inner
     }
 
 
@@ -370,9 +385,16 @@ def test_the_name_lists_cover_what_the_code_uses():
     used_rt = used_names(chains, dict.fromkeys(CUDART_ROOTS, ""))
     assert used_trt - set(TRT_NAMES) == set()
     assert used_rt - set(CUDART_NAMES) == set()
-    assert {"ICudaEngine.get_tensor_profile_shape", "IExecutionContext.execute_async_v3"} <= used_trt
+    assert {
+        "ICudaEngine.get_tensor_profile_shape",
+        "IExecutionContext.execute_async_v3",
+    } <= used_trt
     assert {"TensorIOMode.INPUT", "Runtime.engine_host_code_allowed", "nptype"} <= used_trt
-    assert {"cudaMallocHost", "cudaStreamWaitEvent", "cudaMemcpyKind.cudaMemcpyHostToDevice"} <= used_rt
+    assert {
+        "cudaMallocHost",
+        "cudaStreamWaitEvent",
+        "cudaMemcpyKind.cudaMemcpyHostToDevice",
+    } <= used_rt
 
 
 # --------------------------------------------------------------------------- runner on fakes
@@ -387,9 +409,9 @@ def test_outputs_match_and_copies_of_neighbouring_batches_overlap(plan, fakes):
         expected = fake_model(batch["clips"])
         np.testing.assert_array_equal(out["heads"], expected["heads"])
         np.testing.assert_array_equal(out["features"], expected["features"])
-    log = fakes.cuda.log
-    # Batch 1 was uploaded before batch 0's results were copied out: they overlapped.
-    assert log.index("download") > [i for i, e in enumerate(log) if e == "upload"][1]
+    host = fakes.cuda.host
+    # The host queued batch 1 before it first waited (for batch 0): they overlap on the GPU.
+    assert host.count("upload") == 5 and host.index("wait") > host.index("upload", 1)
 
 
 def test_buffers_are_allocated_once_and_grown_only_for_a_larger_shape(plan, fakes):
@@ -436,7 +458,8 @@ def test_plans_for_another_gpu_or_version_are_refused_with_the_reason(plan, fake
     old = fake_tensorrt(fakes.cuda, fakes.profiles, version="10.9.0")
     monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: old)
     monkeypatch.setattr(trt_backend, "_import_cudart", lambda: fakes.cuda)
-    with pytest.raises(SidecarError, match="built with TensorRT 11.4.0.106, this machine has 10.9"):
+    refusal = r"built with TensorRT 11\.4\.0\.106, this machine has 10\.9"
+    with pytest.raises(SidecarError, match=refusal):
         TensorRTBackend(plan).__enter__()
 
 

@@ -282,6 +282,8 @@ class Cuda:
 
 def stream_handle(stream: Any) -> int:
     """The integer handle ``execute_async_v3`` takes (cuda-bindings 13 deprecates ``int()``)."""
+    if isinstance(stream, int):
+        return stream
     try:
         from cuda.bindings.utils import get_cuda_native_handle
     except ImportError:

@@ -20,7 +20,8 @@ Speed
     fast kernels take). On CUDA, cuDNN autotuning is on (scoped to this backend's calls) and
     each input shape is captured once as a CUDA graph (at most ``max_graphs`` kept, sharing
     one memory pool); inputs are staged in pinned host memory and copied on the backend's own
-    stream. Outputs are fresh arrays on every call.
+    stream. Batches are padded to the next power of two so that a few graphs serve every
+    batch size. Outputs are fresh arrays on every call.
 
 torch (and heke_ref/heke_export, which need it) is imported only when the backend is built.
 """
@@ -242,7 +243,8 @@ class CapturedShape:
 class TorchBackend(BaseBackend):
     """Runs the reference model with torch (see the module docstring for engines and numerics).
 
-    ``threads`` sets torch's CPU threads (a process-wide torch setting). ``cuda_graphs``
+    ``threads`` sets torch's CPU threads (a process-wide torch setting; 0 or None: torch's
+    default, the physical cores). ``cuda_graphs``
     captures each input shape once (CUDA only). ``trust_checkpoint`` fully unpickles an
     authors' file that ``weights_only`` loading refuses; only for files you trust.
     """
@@ -265,8 +267,8 @@ class TorchBackend(BaseBackend):
         # No BaseBackend.__init__: there is no sidecar file, the weights describe themselves.
         torch = _import_torch()
         self.artifact = Path(str(artifact))
-        if threads is not None and threads < 1:
-            raise BackendError(f"threads must be at least 1, got {threads}")
+        if threads is not None and threads < 0:
+            raise BackendError(f"threads must be >= 0 (0 = torch's default), got {threads}")
         if max_graphs < 1:
             raise BackendError(f"max_graphs must be at least 1, got {max_graphs}")
         self.device_kind, self.precision = resolve(
@@ -304,7 +306,7 @@ class TorchBackend(BaseBackend):
 
     def _load(self) -> None:
         torch = _import_torch()
-        if self.threads is not None:
+        if self.threads:
             torch.set_num_threads(self.threads)
         inputs = tuple(self.sidecar.inputs)
         module = deploy_module(self._reference, self.sidecar.model, inputs, self.precision)
@@ -348,9 +350,13 @@ class TorchBackend(BaseBackend):
 
     def _run_cuda(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = _import_torch()
-        shape = self._captured(inputs)
+        count = next(iter(inputs.values())).shape[0]
+        padded = padded_batch(count)
+        shape = self._captured({n: (padded, *a.shape[1:]) for n, a in inputs.items()})
         for name, array in inputs.items():
-            shape.staged[name].numpy()[...] = array  # host copy into pinned memory
+            staged = shape.staged[name].numpy()
+            staged[:count] = array  # host copy into pinned memory
+            staged[count:] = 0.0  # padding rows: computed, then dropped
         with torch.cuda.stream(self._stream):
             for name, staged in shape.staged.items():
                 shape.inputs[name].copy_(staged, non_blocking=True)
@@ -362,25 +368,26 @@ class TorchBackend(BaseBackend):
             for pinned, output in zip(shape.pinned, outputs):
                 pinned.copy_(output, non_blocking=True)
         self._stream.synchronize()
-        return {"heads": shape.pinned[0].numpy().copy(), "features": shape.pinned[1].numpy().copy()}
+        heads, features = (p.numpy()[:count].copy() for p in shape.pinned)
+        return {"heads": heads, "features": features}
 
-    def _captured(self, inputs: Mapping[str, np.ndarray]) -> CapturedShape:
+    def _captured(self, shapes: Mapping[str, tuple[int, ...]]) -> CapturedShape:
         """The graph for these input shapes: from the cache, or captured now."""
-        key = tuple((name, array.shape) for name, array in sorted(inputs.items()))
+        key = tuple(sorted(shapes.items()))
         if key in self._graphs:
             self._graphs.move_to_end(key)
             return self._graphs[key]
-        captured = self._capture(inputs)
+        captured = self._capture(shapes)
         self._graphs[key] = captured
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         return captured
 
-    def _capture(self, inputs: Mapping[str, np.ndarray]) -> CapturedShape:
+    def _capture(self, shapes: Mapping[str, tuple[int, ...]]) -> CapturedShape:
         torch = _import_torch()
         device = self._torch_device
-        static = {n: channels_last(torch.zeros(a.shape, device=device)) for n, a in inputs.items()}
-        staged = {n: torch.zeros(a.shape, pin_memory=True) for n, a in inputs.items()}
+        static = {n: channels_last(torch.zeros(s, device=device)) for n, s in shapes.items()}
+        staged = {n: torch.zeros(s, pin_memory=True) for n, s in shapes.items()}
         ordered = self._ordered(static)
         with torch.cuda.stream(self._stream):
             for _ in range(3):  # autotunes cuDNN and warms the allocator before capture
@@ -400,6 +407,12 @@ class TorchBackend(BaseBackend):
     def captured_shapes(self) -> list[tuple[Any, ...]]:
         """Input shapes with a captured graph, least recently used first (CUDA only)."""
         return list(self._graphs)
+
+
+def padded_batch(count: int) -> int:
+    """Batches run padded to a power of two, so a few graphs serve every batch size (rows
+    are independent in eval mode: padding changes no real row's result)."""
+    return 1 << max(count - 1, 0).bit_length()
 
 
 def _numpy(tensor: Any) -> np.ndarray:

@@ -1,0 +1,3 @@
+from heke_bench.cli import main
+
+raise SystemExit(main())
