@@ -557,15 +557,17 @@ def compute_plan(
 
 
 def _backend(scorer: Scorer, asked: str | None, device: str) -> str:
-    """The backend actors use; CPU actors get ONNX Runtime's CPU provider by name, so a GPU
-    build of ONNX Runtime on a CPU node cannot pick CUDA behind our back."""
+    """The backend actors use. An automatic backend (``onnxruntime``, ``torch``) is named
+    with the device's variant, so a GPU build on a CPU node cannot pick CUDA behind our
+    back, and a GPU actor never runs quietly on its CPU."""
+    from heke_runtime.backends import BACKENDS
+
     if asked is not None:
         return scorer.backend_name
     if scorer.backend_name == "tensorrt" and device == "cpu":
         raise CorpusError(f"{scorer.engine_path.name} is a TensorRT engine; it needs GPUs")
-    if scorer.backend_name == "onnxruntime":
-        return "onnxruntime-cuda" if device == "gpu" else "onnxruntime-cpu"
-    return scorer.backend_name
+    variant = f"{scorer.backend_name}-{'cuda' if device == 'gpu' else 'cpu'}"
+    return variant if variant in BACKENDS else scorer.backend_name
 
 
 def _actor_config(scorer: Scorer, plan: ComputePlan, run_id: str) -> dict[str, Any]:

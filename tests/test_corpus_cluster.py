@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 3
 SCORE_TOLERANCE = 1e-6  # the same engine on the same tensors: only float printing differs
-SHAPES = [
+SHAPES: list[tuple[str, dict[str, Any]]] = [
     ("mp4", {"codec": "libx264", "size": (64, 48), "frames": 30}),
     ("mkv", {"codec": "ffv1", "size": (48, 32), "frames": 20}),
     ("avi", {"codec": "mpeg4", "size": (80, 60), "frames": 24}),
