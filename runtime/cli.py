@@ -35,14 +35,21 @@ def usage_error(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"WxH"`` -> ``(W, H)``."""
+def size_from_text(text: str | None) -> tuple[int, int] | None:
+    """``"WxH"`` -> ``(W, H)``; ``ValueError`` with the --size message otherwise."""
     if text is None:
         return None
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        usage_error(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 768x432")
+        raise ValueError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 768x432")
     return int(parts[0]), int(parts[1])
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    try:
+        return size_from_text(text)
+    except ValueError as exc:
+        usage_error(str(exc))
 
 
 def check_options(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from heke_runtime.backends import BACKENDS
+from heke_runtime.cli import size_from_text
 from heke_runtime.corpus import (
     DEVICES,
     MANIFEST_SUFFIXES,
@@ -45,13 +46,10 @@ def usage_error(message: str) -> NoReturn:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"WxH"`` -> ``(W, H)``."""
-    if text is None:
-        return None
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        usage_error(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 768x432")
-    return int(parts[0]), int(parts[1])
+    try:
+        return size_from_text(text)
+    except ValueError as exc:
+        usage_error(str(exc))
 
 
 class Progress:
