@@ -231,19 +231,19 @@ def check(label: str, got: dict, want: dict) -> None:
 
 def unit_costs(engine: Path, video: Path, repeats: int = 3) -> tuple[float, float, float]:
     """Median seconds on one core: decode + preprocess, model, and the tensor's MiB."""
-    from heke_runtime.preprocess import load_clips
-    from heke_runtime.scorer import Scorer, _named_inputs
+    from heke_runtime.scorer import Scorer
 
     decode, model = [], []
     with pinned({0}), Scorer(engine, backend="onnxruntime-cpu", threads=1) as scorer:
         for _ in range(repeats):
             start = time.perf_counter()
-            loaded, _, _ = load_clips(video, scorer.num_snippets, model=scorer.model)
+            decoded = scorer.decode(video)
             decode.append(time.perf_counter() - start)
             start = time.perf_counter()
-            scorer._run(_named_inputs(scorer.model, loaded))
+            scorer.infer(decoded.inputs)
             model.append(time.perf_counter() - start)
-    return statistics.median(decode), statistics.median(model), loaded.nbytes / 2**20
+    size = sum(a.nbytes for a in decoded.inputs.values()) / 2**20
+    return statistics.median(decode), statistics.median(model), size
 
 
 def full_model_costs(engine: Path, folder: Path) -> None:

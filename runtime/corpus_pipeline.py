@@ -29,9 +29,8 @@ import pyarrow.compute as pc
 
 from heke_runtime.corpus_store import row_from_record, video_id
 from heke_runtime.errors import HekeError
-from heke_runtime.pipeline import captured_warnings
-from heke_runtime.results import VideoResult, one_line
-from heke_runtime.scorer import DecodedVideo, Scorer, _named_inputs, error_reason
+from heke_runtime.results import VideoResult
+from heke_runtime.scorer import DecodedVideo, Scorer, decode_video, error_reason
 
 INPUT_SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("label", pa.float64())])
 PREPARED_FIELDS = [
@@ -129,7 +128,7 @@ def prepare_batch(
         start = time.perf_counter()
         meta, tensor, error = None, pa.py_buffer(b""), None
         try:
-            meta, tensor = pack_decoded(_decode(path, model, num_snippets, dims))
+            meta, tensor = pack_decoded(decode_video(path, model, num_snippets, dims))
         except Exception as exc:  # one bad file must not stop a batch (as in Scorer.score)
             error = error_reason(exc, path)
         metas.append(meta)
@@ -141,17 +140,6 @@ def prepare_batch(
     for (name, kind), column in zip(PREPARED_FIELDS, columns):
         batch = batch.append_column(pa.field(name, kind), column)
     return batch
-
-
-def _decode(path: str, model: str, num_snippets: int, size: tuple[int, int] | None) -> DecodedVideo:
-    """What ``Scorer._decode`` does, in a decode task: the same calls and warning capture,
-    so the actor's ``Scorer._finish`` gives the same record."""
-    from heke_runtime.preprocess import load_clips
-
-    with captured_warnings() as caught:
-        loaded, info, plan = load_clips(path, num_snippets, size=size, model=model)
-    notes = tuple(dict.fromkeys(one_line(m) for m in caught))
-    return DecodedVideo(str(path), _named_inputs(model, loaded), info, np.asarray(plan), notes)
 
 
 def pack_decoded(decoded: DecodedVideo) -> tuple[bytes, pa.Buffer]:
@@ -250,9 +238,9 @@ def score_prepared(
         if prep_error is not None or meta is None:
             raise DecodeStageError(prep_error or "the decode task sent nothing")
         decoded = unpack_decoded(meta, tensor)
-        return scorer._finish(decoded, scorer._run(decoded.inputs), start)
+        return scorer.result(decoded, scorer.infer(decoded.inputs), start)
     except Exception as exc:  # as Scorer.score: one bad video never stops the actor
-        return scorer._failed(path, exc, start)
+        return scorer.failure(path, exc, start)
 
 
 # --------------------------------------------------------------------------- the dataset

@@ -154,10 +154,10 @@ class Scorer:
         start = time.perf_counter()
         try:
             self.open()
-            decoded = self._decode(path)
-            return self._finish(decoded, self._run(decoded.inputs), start)
+            decoded = self.decode(path)
+            return self.result(decoded, self.infer(decoded.inputs), start)
         except Exception as exc:  # one bad file must not stop a batch
-            return self._failed(path, exc, start)
+            return self.failure(path, exc, start)
 
     def score_many(self, paths: Iterable[str | Path]) -> Generator[VideoResult, None, None]:
         """Score each path, yielding results in input order as soon as each is ready.
@@ -175,28 +175,26 @@ class Scorer:
             return
         options = PipelineOptions(workers=self.workers, batch_size=self.batch_size)
         pipeline: Pipeline[DecodedVideo, VideoResult] = Pipeline(
-            self._decode, run_batches_with(self.backend), self._finish, self._failed, options
+            self.decode, run_batches_with(self.backend), self.result, self.failure, options
         )
         self.last_stats = pipeline.stats
         yield from pipeline.run(paths)
 
-    def _decode(self, path: str | Path) -> DecodedVideo:
+    # The steps of ``score``, public so that other drivers (the Ray corpus actor, the
+    # benchmarks) give the same records: decode -> infer -> result, or failure.
+
+    def decode(self, path: str | Path) -> DecodedVideo:
         """Probe, sample, decode and preprocess one video (thread-safe)."""
-        from heke_runtime.preprocess import load_clips  # PyAV loads on first use only
+        return decode_video(path, self.model, self.num_snippets, self.size)
 
-        with captured_warnings() as caught:
-            loaded, info, plan = load_clips(
-                path, self.num_snippets, size=self.size, model=self.model
-            )
-        messages = tuple(dict.fromkeys(one_line(m) for m in caught))
-        return DecodedVideo(str(path), _named_inputs(self.model, loaded), info, plan, messages)
+    def failure(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
+        """The error result of a video whose scoring raised ``exc``."""
 
-    def _failed(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
         elapsed = time.perf_counter() - start
         result = failed(path, error_reason(exc, path), elapsed_s=elapsed)
         return dataclasses.replace(result, engine=self._engine_meta())
 
-    def _finish(
+    def result(
         self, decoded: DecodedVideo, outputs: Mapping[str, np.ndarray], start: float
     ) -> VideoResult:
         """The result of one video from its snippets' engine outputs."""
@@ -225,7 +223,7 @@ class Scorer:
             features=features if self.keep_arrays else None,
         )
 
-    def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All snippets of one video through the backend, ``batch_size`` at a time."""
         count = next(iter(inputs.values())).shape[0]
         batches = (
@@ -286,6 +284,18 @@ class DecodedVideo:
     info: Any
     plan: np.ndarray
     warnings: tuple[str, ...]
+
+
+def decode_video(
+    path: str | Path, model: str, num_snippets: int, size: tuple[int, int] | None
+) -> DecodedVideo:
+    """One video's model inputs, with the warnings decoding raised as one-line notes."""
+    from heke_runtime.preprocess import load_clips  # PyAV loads on first use only
+
+    with captured_warnings() as caught:
+        loaded, info, plan = load_clips(path, num_snippets, size=size, model=model)
+    messages = tuple(dict.fromkeys(one_line(m) for m in caught))
+    return DecodedVideo(str(path), _named_inputs(model, loaded), info, np.asarray(plan), messages)
 
 
 def _named_inputs(model: str, loaded: Any) -> dict[str, np.ndarray]:

@@ -44,7 +44,7 @@ def child(config: dict[str, Any]) -> dict[str, Any]:
         workers=config["workers"],
         keep_arrays=True,
     ) as scorer:
-        warm = scorer._decode(videos[0]).inputs  # load and warm the engine outside the timing
+        warm = scorer.decode(videos[0]).inputs  # load and warm the engine outside the timing
         scorer.backend.infer({k: v[: config["batch"]] for k, v in warm.items()})
         start = time.perf_counter()
         results = list(scorer.score_many(videos))
@@ -76,9 +76,9 @@ def model_only(
 ) -> tuple[float, float]:
     """Seconds to run the same decoded clips through the backend alone, ``batch`` at a time,
     and how far its heads are from the pipeline's (a check that both ran the same clips)."""
-    inputs = [scorer._decode(v).inputs for v in videos]  # decoded before the clock starts
+    inputs = [scorer.decode(v).inputs for v in videos]  # decoded before the clock starts
     start = time.perf_counter()
-    heads = [scorer._run(x)["heads"] for x in inputs]
+    heads = [scorer.infer(x)["heads"] for x in inputs]
     elapsed = time.perf_counter() - start
     worst = max(float(np.abs(h - r.heads).max()) for h, r in zip(heads, results))
     if worst > 1e-3:
