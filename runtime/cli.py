@@ -154,13 +154,15 @@ def run(
         typer.Option(help=f"One of {', '.join(BACKENDS)}. Default: from the engine suffix."),
     ] = None,
     batch_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Snippets per inference call, grouped across videos of the same frame size "
-            "(larger suits GPUs).",
+            show_default=False,
+            help="Snippets per inference call, grouped across videos of the same frame size. "
+            "Default: 1 for ONNX Runtime on CPU (larger batches cost memory, not time), "
+            f"{DEFAULT_BATCH_SIZE} on GPUs and other backends.",
         ),
-    ] = DEFAULT_BATCH_SIZE,
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(

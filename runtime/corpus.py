@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from heke_runtime.errors import HekeError
 from heke_runtime.results import OutputError, VideoResult
-from heke_runtime.scorer import DEFAULT_BATCH_SIZE, InputItem, Scorer, expand_inputs
+from heke_runtime.scorer import InputItem, Scorer, expand_inputs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -93,7 +93,7 @@ class CorpusOptions:
 
     regressor: str | None = None
     num_snippets: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None  # None: each actor's backend picks, as in heke-run
     backend: str | None = None
     size: tuple[int, int] | None = None
     address: str | None = None
@@ -363,7 +363,7 @@ def _score_all(
         _write_input_errors(work.bad, writer, tally, run_id, on_result)
         if work.todo.num_rows:
             dataset = pipeline.build_dataset(
-                ray, work.todo, _actor_config(scorer, plan, run_id), plan
+                ray, work.todo, _actor_config(scorer, plan, run_id, options), plan
             )
             _stream(dataset, writer, tally, options.flush_s, on_result)
     except HekeError:
@@ -570,8 +570,12 @@ def _backend(scorer: Scorer, asked: str | None, device: str) -> str:
     return variant if variant in BACKENDS else scorer.backend_name
 
 
-def _actor_config(scorer: Scorer, plan: ComputePlan, run_id: str) -> dict[str, Any]:
-    """Everything an actor needs, as plain data."""
+def _actor_config(
+    scorer: Scorer, plan: ComputePlan, run_id: str, options: CorpusOptions
+) -> dict[str, Any]:
+    """Everything an actor needs, as plain data. The batch size is the one asked for, else
+    the actor's backend's default (the driver's backend may differ: a CPU driver, GPU actors),
+    so records equal heke-run's with the same engine and backend."""
     regressor = scorer.regressor.source if scorer.regressor is not None else None
     threads = max(1, round(plan.actor_cpus)) if plan.device == "cpu" else None
     return {
@@ -581,7 +585,7 @@ def _actor_config(scorer: Scorer, plan: ComputePlan, run_id: str) -> dict[str, A
             "engine": str(scorer.engine_path.resolve()),
             "regressor": str(Path(regressor).resolve()) if regressor else None,
             "num_snippets": scorer.num_snippets,
-            "batch_size": scorer.batch_size,
+            "batch_size": options.batch_size,
             "backend": plan.backend,
             "size": list(scorer.size) if scorer.size else None,
             "threads": threads,

@@ -183,9 +183,15 @@ def corpus(
     videos_per_task: Annotated[
         int, typer.Option(min=1, help="Most videos one decode task prepares.")
     ] = 16,
-    batch_size: Annotated[int, typer.Option(min=1, help="Snippets per inference call.")] = (
-        DEFAULT_BATCH_SIZE
-    ),
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Snippets per inference call. Default: as heke-run, the backend's choice "
+            f"(1 for ONNX Runtime on CPU, {DEFAULT_BATCH_SIZE} on GPUs and other backends).",
+        ),
+    ] = None,
     max_retries: Annotated[
         int,
         typer.Option(

@@ -2,9 +2,11 @@
 
 Everything a stage needs travels as plain data (paths, numbers, dicts); each actor builds
 its own :class:`Scorer` from that on its first batch, so an engine loads once per actor and
-never crosses the network. Decoding and preprocessing run as ordinary CPU tasks (retried by
-Ray when a worker or node dies); inference, the regressor and the record run in the actor
-pool. Per-video errors never escape a stage: they become error records, as with ``Scorer``.
+never crosses the network. Decoding and preprocessing up to the integer block sums run as
+ordinary CPU tasks (retried by Ray when a worker or node dies); the float32 normalisation,
+which would double the bytes crossing Ray's object store or more, runs in the actor pool
+with inference, the regressor and the record. Per-video errors never escape a stage: they
+become error records, as with ``Scorer``.
 
 Ray itself is never imported here: the functions and the actor class are plain Python that
 Ray Data calls; :func:`build_dataset` receives the ``ray`` module from the caller.
@@ -30,12 +32,12 @@ import pyarrow.compute as pc
 from heke_runtime.corpus_store import row_from_record, video_id
 from heke_runtime.errors import HekeError
 from heke_runtime.results import VideoResult
-from heke_runtime.scorer import DecodedVideo, Scorer, decode_video, error_reason
+from heke_runtime.scorer import DecodedVideo, Scorer, decode_video, error_reason, named_inputs
 
 INPUT_SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("label", pa.float64())])
 PREPARED_FIELDS = [
-    ("decoded", pa.binary()),  # pickled DecodedVideo without its arrays; null on failure
-    ("tensor", pa.large_binary()),  # the arrays' bytes back to back (see pack_decoded)
+    ("decoded", pa.binary()),  # pickled DecodedVideo without its array; null on failure
+    ("tensor", pa.large_binary()),  # the array's bytes: the block sums (see pack_decoded)
     ("prep_error", pa.string()),
     ("prep_s", pa.float64()),
 ]
@@ -128,7 +130,8 @@ def prepare_batch(
         start = time.perf_counter()
         meta, tensor, error = None, pa.py_buffer(b""), None
         try:
-            meta, tensor = pack_decoded(decode_video(path, model, num_snippets, dims))
+            sums = decode_video(path, model, num_snippets, dims, sums_only=True)
+            meta, tensor = pack_decoded(sums)
         except Exception as exc:  # one bad file must not stop a batch (as in Scorer.score)
             error = error_reason(exc, path)
         metas.append(meta)
@@ -142,29 +145,29 @@ def prepare_batch(
     return batch
 
 
+def finish_decoded(decoded: DecodedVideo, model: str) -> DecodedVideo:
+    """A ``decode_video(..., sums_only=True)`` video with :func:`decode_video`'s inputs, bit
+    for bit. Normalising here, not in the decode task, halves or quarters the bytes that
+    cross Ray's object store (its cost per video)."""
+    from heke_runtime.preprocess import inputs_from_sums
+
+    made = inputs_from_sums(decoded.inputs["sums"], decoded.plan, decoded.info, model)
+    return dataclasses.replace(decoded, inputs=named_inputs(model, made))
+
+
 def pack_decoded(decoded: DecodedVideo) -> tuple[bytes, pa.Buffer]:
-    """A decoded video as (small pickle, raw buffer of its arrays). The buffer wraps the
-    array without a copy (one array; two are joined), so Ray copies the tensor, up to
-    142 MiB for 1080p, once: into its object store. Pickling it would cost four copies."""
-    arrays = [np.ascontiguousarray(a) for a in decoded.inputs.values()]
-    layout = [(name, a.shape, a.dtype.str) for name, a in zip(decoded.inputs, arrays)]
-    if len(arrays) == 1:
-        data = arrays[0]
-    else:
-        data = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
+    """A video of one array as (small pickle, raw buffer wrapping the array without a copy),
+    so Ray copies the array once: into its object store. Pickling it would cost four."""
+    ((name, array),) = decoded.inputs.items()
+    array = np.ascontiguousarray(array)
     bare = dataclasses.replace(decoded, inputs={})
-    return pickle.dumps((bare, layout), protocol=5), pa.py_buffer(data)
+    return pickle.dumps((bare, name, array.shape, array.dtype.str), protocol=5), pa.py_buffer(array)
 
 
 def unpack_decoded(meta: bytes, tensor: pa.Buffer) -> DecodedVideo:
-    """The inverse of :func:`pack_decoded`; the arrays are read-only views of ``tensor``."""
-    bare, layout = pickle.loads(meta)
-    flat, offset, inputs = np.frombuffer(tensor, dtype=np.uint8), 0, {}
-    for name, shape, dtype in layout:
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        inputs[name] = flat[offset : offset + size].view(dtype).reshape(shape)
-        offset += size
-    return dataclasses.replace(bare, inputs=inputs)
+    """The inverse of :func:`pack_decoded`; the array is a read-only view of ``tensor``."""
+    bare, name, shape, dtype = pickle.loads(meta)
+    return dataclasses.replace(bare, inputs={name: np.frombuffer(tensor, dtype).reshape(shape)})
 
 
 def _one_binary(data: pa.Buffer) -> pa.Array:
@@ -237,7 +240,7 @@ def score_prepared(
     try:
         if prep_error is not None or meta is None:
             raise DecodeStageError(prep_error or "the decode task sent nothing")
-        decoded = unpack_decoded(meta, tensor)
+        decoded = finish_decoded(unpack_decoded(meta, tensor), scorer.model)
         return scorer.result(decoded, scorer.infer(decoded.inputs), start)
     except Exception as exc:  # as Scorer.score: one bad video never stops the actor
         return scorer.failure(path, exc, start)

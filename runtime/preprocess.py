@@ -9,13 +9,20 @@ the reference's, in its order, so results agree to the last bit (the tolerance a
 Each distinct frame is converted once and copied into every snippet slot that uses it; the
 output tensor is filled as frames arrive, so :func:`load_clips` holds the output plus one
 decoded frame, whatever the video length.
+
+The work splits in two at the integer sums: :func:`load_sums` stops there (one ``uint16``
+block-sum frame per distinct frame of the plan: half the float32 input's bytes, less where
+snippets share frames) and :func:`inputs_from_sums` finishes it. ``heke-corpus``
+ships the sums between the two through Ray's object store; :func:`load_clips` runs both
+halves frame by frame. Both use :func:`sums_to_input` and the same assembly, so their inputs
+are identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -31,12 +38,23 @@ Pairs = tuple[np.ndarray, np.ndarray]
 
 def frame_to_input(rgb: np.ndarray, scale: int) -> np.ndarray:
     """One ``[H, W, 3]`` uint8 RGB frame to a normalised ``[3, H//scale, W//scale]`` float32."""
+    return sums_to_input(frame_sums(rgb, scale), scale)
+
+
+def frame_sums(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """Integer sums of the ``scale x scale`` blocks of one ``[H, W, 3]`` uint8 RGB frame,
+    ``[H//scale, W//scale, 3]``: uint16 up to scale 16 (255 * 16 * 16 fits), else uint32."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an [H, W, 3] uint8 RGB frame, got {rgb.dtype} {rgb.shape}")
     if scale < 1 or rgb.shape[0] < scale or rgb.shape[1] < scale:
         raise ValueError(f"scale {scale} does not fit a {rgb.shape[1]}x{rgb.shape[0]} frame")
-    sums = _block_sums(rgb, scale).transpose(2, 0, 1)
-    pooled = sums.astype(np.float32) / np.float32(scale * scale)
+    return _block_sums(rgb, scale)
+
+
+def sums_to_input(sums: np.ndarray, scale: int) -> np.ndarray:
+    """:func:`frame_sums`'s ``[h, w, 3]`` to the normalised ``[3, h, w]`` float32 input: the
+    reference's float32 steps after block summing, in its order."""
+    pooled = sums.transpose(2, 0, 1).astype(np.float32) / np.float32(scale * scale)
     pooled /= np.float32(255.0)
     return (pooled - _MEAN) / _STD
 
@@ -126,17 +144,57 @@ def load_clips(
     Each frame is pooled as soon as it is decoded and its RGB dropped. Short videos emit
     :class:`heke_runtime.sampling.ShortVideoWarning`.
     """
+    return _load_with(_inputs, path, num_snippets, size, model, info)
+
+
+def load_sums(
+    path: str | Path,
+    num_snippets: int | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    model: str = "r2p1d_HEKE_4",
+    info: VideoInfo | None = None,
+) -> tuple[np.ndarray, VideoInfo, np.ndarray]:
+    """:func:`load_clips` stopped at the block sums: ``(sums, info, plan)``, where ``sums``
+    is ``[F, H//s, W//s, 3]`` (:func:`frame_sums` of each distinct frame of ``plan``, in
+    ascending frame order). :func:`inputs_from_sums` turns it into ``load_clips``'s inputs."""
+    return _load_with(_sums, path, num_snippets, size, model, info)
+
+
+def inputs_from_sums(
+    sums: np.ndarray, plan: np.ndarray, info: VideoInfo, model: str = "r2p1d_HEKE_4"
+) -> np.ndarray | Pairs:
+    """The model inputs of :func:`load_sums`'s result, identical to :func:`load_clips`'s."""
+    needed = _distinct(plan)
+    if len(sums) != len(needed):
+        raise ValueError(f"{len(sums)} block-sum frames for a plan of {len(needed)} frames")
+    scale = block_scale(info.width, info.height)
+    inputs = ((i, sums_to_input(frame, scale)) for i, frame in zip(needed, sums))
+    return _assemble(inputs, plan, model)
+
+
+def _load_with(
+    convert: Callable[[VideoInfo, np.ndarray, str], Any],
+    path: str | Path,
+    num_snippets: int | None,
+    size: tuple[int, int] | None,
+    model: str,
+    info: VideoInfo | None,
+) -> tuple[Any, VideoInfo, np.ndarray]:
+    """Probe, plan and ``convert(info, plan, model)`` (which decodes)."""
     spec = default_spec(model)  # validates the model name
     count = spec.num_snippets if num_snippets is None else num_snippets
     if info is None:
         info = probe_video(path, size=size)
     try:
-        inputs, plan = _load(info, count, model)
+        plan = _plan(info, count, model)
+        out = convert(info, plan, model)
     except FrameIndexError:
         # The demuxed index disagreed with the decoder: count by decoding and sample again.
         info = probe_video(path, size=size, count="decode")
-        inputs, plan = _load(info, count, model)
-    return inputs, info, plan
+        plan = _plan(info, count, model)
+        out = convert(info, plan, model)
+    return out, info, plan
 
 
 def _plan(info: VideoInfo, num_snippets: int, model: str) -> np.ndarray:
@@ -145,14 +203,35 @@ def _plan(info: VideoInfo, num_snippets: int, model: str) -> np.ndarray:
     return clip_plan(info.num_frames, num_snippets)
 
 
-def _load(info: VideoInfo, num_snippets: int, model: str) -> tuple[np.ndarray | Pairs, np.ndarray]:
-    plan = _plan(info, num_snippets, model)
+def _inputs(info: VideoInfo, plan: np.ndarray, model: str) -> np.ndarray | Pairs:
     scale = block_scale(info.width, info.height)
     frames = read_frames(info.path, _distinct(plan), info=info)
-    inputs = ((index, frame_to_input(rgb, scale)) for index, rgb in frames)
+    return _assemble(((i, frame_to_input(rgb, scale)) for i, rgb in frames), plan, model)
+
+
+def _sums(info: VideoInfo, plan: np.ndarray, model: str) -> np.ndarray:
+    scale = block_scale(info.width, info.height)
+    needed = _distinct(plan)
+    position = {index: k for k, index in enumerate(needed)}
+    sums: np.ndarray | None = None
+    filled = 0
+    for index, rgb in read_frames(info.path, needed, info=info):
+        frame = frame_sums(rgb, scale)
+        if sums is None:
+            sums = np.empty((len(needed), *frame.shape), frame.dtype)
+        sums[position[index]] = frame
+        filled += 1
+    if sums is None or filled != len(needed):
+        raise ValueError(f"decoding gave {filled} of the plan's {len(needed)} frames")
+    return sums
+
+
+def _assemble(
+    inputs: Iterable[tuple[int, np.ndarray]], plan: np.ndarray, model: str
+) -> np.ndarray | Pairs:
     if model == "resnet_HEKE_4":
-        return _assemble_pairs(inputs, plan), plan
-    return _assemble_clips(inputs, plan), plan
+        return _assemble_pairs(inputs, plan)
+    return _assemble_clips(inputs, plan)
 
 
 def _distinct(plan: np.ndarray) -> list[int]:

@@ -46,7 +46,12 @@ from heke_runtime.results import (
 )
 from heke_runtime.sampling import block_scale, time_step
 
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 4  # snippets per inference call where the backend has no preference
+
+
+def default_batch_size(backend: BaseBackend) -> int:
+    """The backend's ``preferred_batch_size`` (ONNX Runtime on CPU: 1) or DEFAULT_BATCH_SIZE."""
+    return backend.preferred_batch_size or DEFAULT_BATCH_SIZE
 
 
 class ScorerError(HekeError, ValueError):
@@ -65,8 +70,10 @@ class Scorer:
     ``score_many`` runs the pipeline (:mod:`heke_runtime.pipeline`): ``workers`` decoding
     threads (default: the machine's cores; 0 decodes in the calling thread, one video after
     another) feed batches of up to ``batch_size`` snippets, grouped across videos, to the
-    backend. Results are the same either way and come in input order. ``backend_options``
-    go to the backend (e.g. ``{"precision": "fp32"}`` for the torch backend).
+    backend (default: the backend's choice, :func:`default_batch_size`: 1 for ONNX Runtime on
+    CPU, where larger batches only cost memory; 4 elsewhere). Results are the same either
+    way and come in input order. ``backend_options`` go to the backend (e.g.
+    ``{"precision": "fp32"}`` for the torch backend).
     """
 
     def __init__(
@@ -75,7 +82,7 @@ class Scorer:
         regressor: str | Path | Regressor | None = None,
         *,
         num_snippets: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         backend: str | None = None,
         size: tuple[int, int] | None = None,
         threads: int | None = None,
@@ -84,7 +91,7 @@ class Scorer:
         workers: int | None = None,
         backend_options: Mapping[str, Any] | None = None,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 0:
             raise ScorerError(f"workers must be 0 (no pipeline) or more, got {workers}")
@@ -99,7 +106,7 @@ class Scorer:
         self.sidecar = self.backend.sidecar
         self.model = self.sidecar.model
         self.num_snippets = num_snippets or self.sidecar.preprocess.num_snippets
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(self.backend)
         self.size = size
         self.keep_arrays = keep_arrays
         self.workers = default_workers() if workers is None else workers
@@ -287,18 +294,31 @@ class DecodedVideo:
 
 
 def decode_video(
-    path: str | Path, model: str, num_snippets: int, size: tuple[int, int] | None
+    path: str | Path,
+    model: str,
+    num_snippets: int,
+    size: tuple[int, int] | None,
+    *,
+    sums_only: bool = False,
 ) -> DecodedVideo:
-    """One video's model inputs, with the warnings decoding raised as one-line notes."""
-    from heke_runtime.preprocess import load_clips  # PyAV loads on first use only
+    """One video's model inputs, with the warnings decoding raised as one-line notes.
 
+    ``sums_only`` stops at the integer block sums (``inputs == {"sums": ...}``, see
+    :func:`heke_runtime.preprocess.load_sums`): what the Ray corpus ships from its decode
+    tasks, a half to a quarter of the float32 inputs' bytes.
+    """
+    from heke_runtime.preprocess import load_clips, load_sums  # PyAV loads on first use only
+
+    load = load_sums if sums_only else load_clips
     with captured_warnings() as caught:
-        loaded, info, plan = load_clips(path, num_snippets, size=size, model=model)
+        loaded, info, plan = load(path, num_snippets, size=size, model=model)
     messages = tuple(dict.fromkeys(one_line(m) for m in caught))
-    return DecodedVideo(str(path), _named_inputs(model, loaded), info, np.asarray(plan), messages)
+    inputs = {"sums": loaded} if sums_only else named_inputs(model, loaded)
+    return DecodedVideo(str(path), inputs, info, np.asarray(plan), messages)
 
 
-def _named_inputs(model: str, loaded: Any) -> dict[str, np.ndarray]:
+def named_inputs(model: str, loaded: Any) -> dict[str, np.ndarray]:
+    """The engine's input names for what the preprocessing returned."""
     if model == "resnet_HEKE_4":
         rgb, dif = loaded
         return {"rgb": rgb, "dif": dif}
@@ -480,6 +500,9 @@ __all__ = [
     "RegressorError",
     "Scorer",
     "ScorerError",
+    "decode_video",
+    "default_batch_size",
     "error_reason",
     "expand_inputs",
+    "named_inputs",
 ]

@@ -204,3 +204,24 @@ def test_importing_backends_loads_no_framework():
 def test_onnxruntime_rejects_bad_options(r2p1d):
     with pytest.raises(BackendError, match="valid: auto, cpu, cuda, tensorrt"):
         OnnxRuntimeBackend(r2p1d, provider="rocm")  # type: ignore[arg-type]
+
+
+def test_onnxruntime_on_cpu_takes_one_snippet_per_call_without_memory_pattern(r2p1d, monkeypatch):
+    import onnxruntime
+
+    # On CPU a batch costs memory, not time, and the memory pattern only adds memory
+    # (benchmarks/RESULTS.md, issue 4); a GPU keeps the caller's default and ORT's options.
+    assert open_backend(r2p1d, "onnxruntime-cpu").preferred_batch_size == 1
+    assert open_backend(r2p1d, "onnxruntime-cuda").preferred_batch_size is None
+    real, seen = onnxruntime.InferenceSession, []
+
+    def spy(*args, sess_options, **kwargs):
+        seen.append(sess_options.enable_mem_pattern)
+        return real(*args, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    with open_backend(r2p1d, "onnxruntime-cpu"):
+        assert seen == [False]
+    gpu_build = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: gpu_build)
+    assert open_backend(r2p1d, "onnxruntime").preferred_batch_size is None

@@ -104,6 +104,7 @@ def test_resume_skips_what_is_done_and_appends(tmp_path, capsys, engine, videos)
         (["--resume"], "--resume needs --output"),
         (["--backend", "openvino"], "unknown backend"),
         (["--snippets", "1"], ""),  # typer's own range check
+        (["--batch-size", "0"], ""),  # its default is the backend's, its range still 1 up
         (["--no-such-flag"], ""),
     ],
 )

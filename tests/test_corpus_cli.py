@@ -128,3 +128,17 @@ def test_plans_put_one_engine_per_gpu_and_cpu_actors_elsewhere():
         compute_plan(FakeRay(CPU=8), scorer, CorpusOptions(device="gpu"), 9)
     with pytest.raises(CorpusError, match="too few"):
         compute_plan(FakeRay(CPU=1), scorer, CorpusOptions(), 9)
+
+
+def test_actors_use_their_own_backends_batch_size_unless_asked():
+    # A CPU driver must not fix the batch size of GPU actors; heke-run's default is the
+    # backend's, and records equal heke-run's only with the same batches.
+    from heke_runtime.corpus import CorpusOptions, _actor_config, compute_plan
+    from heke_runtime.scorer import Scorer
+    from tests.test_backends import tiny_engine
+
+    scorer = Scorer(tiny_engine("r2p1d_HEKE_4"))
+    plan = compute_plan(FakeRay(CPU=64, GPU=4), scorer, CorpusOptions(), 100)
+    for asked in (None, 3):
+        config = _actor_config(scorer, plan, "run", CorpusOptions(batch_size=asked))
+        assert config["scorer"]["batch_size"] == asked

@@ -98,8 +98,9 @@ def regressor(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(engine, regressor, corpus) -> dict:
-    """The single-machine Scorer's records, by path, with the backend the actors use."""
-    with Scorer(engine, regressor, backend="onnxruntime-cpu") as scorer:
+    """The single-machine Scorer's records, by path, with the backend, threads and batch size
+    the one-CPU actors use: ONNX Runtime's float sums depend on its threads at batch 1."""
+    with Scorer(engine, regressor, backend="onnxruntime-cpu", threads=1) as scorer:
         return {str(p): scorer.score(p).to_dict() for p in corpus["paths"]}
 
 

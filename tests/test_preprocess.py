@@ -13,8 +13,11 @@ from heke_runtime.decode import probe_video, read_frames
 from heke_runtime.parity import compare
 from heke_runtime.preprocess import (
     clips_from_frames,
+    frame_sums,
     frame_to_input,
+    inputs_from_sums,
     load_clips,
+    load_sums,
     pairs_from_frames,
 )
 from heke_runtime.sampling import ShortVideoWarning, block_scale, clip_plan, pair_plan
@@ -69,6 +72,7 @@ def test_extremes_of_the_byte_range_are_exact() -> None:
                 f"{value}/{scale}", frame_to_input(rgb, scale), ref.frame_to_input(rgb, scale)
             )
     big = np.full((40, 40, 3), 255, dtype=np.uint8)  # blocks of 20x20 need 32-bit sums
+    assert frame_sums(big, 16).dtype == np.uint16 and frame_sums(big, 20).dtype == np.uint32
     _assert_close("scale 20", frame_to_input(big, 20), ref.frame_to_input(big, 20))
 
 
@@ -175,6 +179,21 @@ def test_a_stale_index_is_recovered_by_counting_again(tmp_path: Path) -> None:
     assert used.count_method == "decode" and used.num_frames == 60
     expected, _, _ = load_clips(path)
     np.testing.assert_array_equal(clips, expected)
+
+
+@pytest.mark.filterwarnings("ignore::heke_runtime.sampling.ShortVideoWarning")  # 30 frames
+@pytest.mark.parametrize("model", ["r2p1d_HEKE_4", "resnet_HEKE_4"])
+def test_block_sums_give_load_clips_inputs_bit_for_bit(odd_video: Path, model: str) -> None:
+    # heke-corpus ships load_sums' result and finishes it in the inference actor.
+    inputs, info, plan = load_clips(odd_video, model=model)
+    sums, sums_info, sums_plan = load_sums(odd_video, model=model)
+    assert sums_info.num_frames == info.num_frames and np.array_equal(sums_plan, plan)
+    assert sums.dtype == np.uint16 and sums.shape == (len(np.unique(plan)), 179, 320, 3)
+    rebuilt = inputs_from_sums(sums, plan, info, model)
+    for got, want in zip(*(x if isinstance(x, tuple) else (x,) for x in (rebuilt, inputs))):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    with pytest.raises(ValueError, match="block-sum frames"):
+        inputs_from_sums(sums[1:], plan, info, model)
 
 
 def test_unknown_model_is_refused() -> None:

@@ -7,6 +7,11 @@ GFLOP/s per backend and precision, FLOPs counted by torch per input shape), ``e2
 and peak RSS of scoring generated videos, against the same clips through the model alone),
 ``decode-only`` (videos/s of the pipeline with no model, all cores decoding) and ``seek``
 (sampling a long H.264 video with seeks against full sequential decoding).
+
+Weights: the demo weights unless ``--checkpoint`` names an authors'-format checkpoint (e.g. the
+shared reference weights written by ``benchmarks/reference_checkpoint.py``). Speed does not
+depend on the weights; the BF16 accuracy check does, and the full-size demo weights are
+badly conditioned (benchmarks/RESULTS.md), so accuracy figures should come from a checkpoint.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Config:
     min_time: float
     workdir: Path
     gpu: bool
+    engine: str  # demo spelling or checkpoint path: the weights every backend runs
 
     @property
     def source(self) -> tuple[int, int]:
@@ -60,11 +66,12 @@ def default_labels(gpu: bool) -> list[str]:
 def backend_spec(label: str, config: Config, plan: Path | None) -> measure.BackendSpec:
     backend, _, precision = label.partition(" ")
     if backend == "onnxruntime-cpu":
-        engine = inputs.onnx_engine(config.workdir, config.model, config.tiny)
+        engine = inputs.onnx_engine(config.workdir, config.engine)
         return measure.BackendSpec(label, str(engine), backend, "fp32", {})
     if backend in ("torch-cpu", "torch-cuda"):
-        spec = inputs.demo_spec(config.model, config.tiny)
-        return measure.BackendSpec(label, spec, backend, precision, {"precision": precision})
+        return measure.BackendSpec(
+            label, config.engine, backend, precision, {"precision": precision}
+        )
     if backend == "tensorrt" and plan is not None:
         return measure.BackendSpec(label, str(plan), backend, precision or "fp16", {})
     valid = "onnxruntime-cpu fp32, torch-cpu fp32|bf16, torch-cuda fp32|fp16, tensorrt (--plan)"
@@ -117,7 +124,7 @@ def model_stage(config: Config, specs: list[measure.BackendSpec]) -> dict[str, A
         f"{gflop:.2f} GFLOP per clip"
     )
     check = inputs.frame_like(config.model, 1, config.height, config.width)
-    expected = measure.reference_outputs(config.model, config.tiny, check)
+    expected = measure.reference_outputs(inputs.load_weights(config.engine), check)
     shape = (config.model, config.batch, config.height, config.width)
     rows, roofline = measure.model_throughputs(
         specs, (check, expected), shape, gflop, config.min_time
@@ -191,6 +198,13 @@ def bench(
     plan: Annotated[
         Path | None, typer.Option(help="A TensorRT plan to measure as 'tensorrt'.")
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="An authors'-format r2p1d checkpoint every backend runs (and the accuracy "
+            "checks use). Default: the demo weights."
+        ),
+    ] = None,
     height: Annotated[
         int, typer.Option(help="Model input height (216: 432p video at scale 2).")
     ] = 216,
@@ -212,6 +226,8 @@ def bench(
 ) -> None:
     """Measure, print every figure, write bench.json and bench.png."""
     gpu = _gpu_available()
+    if checkpoint is not None and quick:
+        raise inputs.BenchError("--checkpoint runs the full-size model; drop --quick")
     config = Config(
         model="r2p1d_HEKE_4",
         tiny=quick,
@@ -224,6 +240,7 @@ def bench(
         min_time=0.2 if quick else min_time,
         workdir=workdir or Path(tempfile.gettempdir()) / "heke-bench",
         gpu=gpu,
+        engine=str(checkpoint) if checkpoint else inputs.demo_spec("r2p1d_HEKE_4", quick),
     )
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(STAGES))
@@ -245,6 +262,7 @@ def bench(
         "videos": config.videos,
         "frames": config.frames,
         "tiny": config.tiny,
+        "weights": inputs.load_weights(config.engine).describe(),
         "workers": default_workers(),
         "min_time_s": config.min_time,
         "total_s": round(time.perf_counter() - started, 1),

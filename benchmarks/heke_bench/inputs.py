@@ -1,8 +1,10 @@
 """The inputs the benchmark generates once and keeps in its work folder: test-pattern videos
-(``tests/videos.py`` of the checkout) and the ONNX engines of the demo weights."""
+(``tests/videos.py`` of the checkout) and the ONNX engines of the weights measured (demo
+weights, or an authors'-format checkpoint given with ``--checkpoint``)."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -42,12 +44,26 @@ def pattern_video(folder: Path, size: tuple[int, int], frames: int, fps: int = 2
     return path
 
 
-def onnx_engine(folder: Path, model: str, tiny: bool, precision: str = "fp32") -> Path:
-    """The demo weights' ONNX engine, exported once into ``folder``."""
-    from heke_export.onnx_export import artifact_name, onnx_from_weights
-    from heke_ref.checkpoint import demo_weights
+@functools.cache  # a full-size checkpoint takes a second to read; the bench asks several times
+def load_weights(engine: str) -> Any:
+    """``heke_ref`` Weights of a ``demo:`` spelling or an r2p1d checkpoint (the torch
+    backend's rules)."""
+    from heke_runtime.backends.torch import load_weights as backend_weights
 
-    weights = demo_weights(model, tiny=tiny)
+    weights = backend_weights(engine)
+    if weights.model != "r2p1d_HEKE_4":
+        raise BenchError(
+            f"{engine}: a {weights.model} checkpoint; heke-bench measures r2p1d_HEKE_4"
+        )
+    return weights
+
+
+def onnx_engine(folder: Path, engine: str, precision: str = "fp32") -> Path:
+    """The ONNX engine of ``engine``'s weights, exported once into ``folder`` (the file name
+    carries the weights' hash, so each checkpoint gets its own)."""
+    from heke_export.onnx_export import artifact_name, onnx_from_weights
+
+    weights = load_weights(engine)
     path = folder / artifact_name(weights, precision)
     if path.is_file() and Path(f"{path}.json").is_file():
         return path

