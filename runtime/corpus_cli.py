@@ -14,8 +14,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from heke_runtime import cli_common as common
 from heke_runtime.backends import BACKENDS
-from heke_runtime.cli import size_from_text
+from heke_runtime.cli_common import EXIT_FAILED, EXIT_OK, echo_problems, new_app, run_app
 from heke_runtime.corpus import (
     DEVICES,
     MANIFEST_SUFFIXES,
@@ -30,26 +31,13 @@ from heke_runtime.results import SCALE_NOTE, VideoResult, format_table
 from heke_runtime.scorer import DEFAULT_BATCH_SIZE, expand_inputs
 
 PROG = "heke-corpus"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TABLE_LIMIT = 100  # above this many results, a totals line replaces the table
 
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    help="Score a corpus of videos on a Ray cluster (resumable; results as Parquet).",
-)
+app = new_app("Score a corpus of videos on a Ray cluster (resumable; results as Parquet).")
 
 
 def usage_error(message: str) -> NoReturn:
-    typer.echo(f"{PROG}: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    try:
-        return size_from_text(text)
-    except ValueError as exc:
-        usage_error(str(exc))
+    common.usage_error(PROG, message)
 
 
 class Progress:
@@ -76,10 +64,7 @@ class Progress:
     def result(self, result: VideoResult) -> None:
         if len(self.results) <= TABLE_LIMIT:
             self.results.append(result)
-        if not result.ok:
-            typer.echo(f"{PROG}: FAILED {result.path}: {result.error}", err=True)
-        for warning in result.warnings:
-            typer.echo(f"{PROG}: warning: {result.path}: {warning}", err=True)
+        echo_problems(PROG, result)
         if self._bar is not None:
             self._bar.update(1)
 
@@ -212,9 +197,9 @@ def corpus(
             num_snippets=snippets,
             batch_size=batch_size,
             backend=backend,
-            size=parse_size(size),
+            size=common.parse_size(PROG, size),
             address=address,
-            device=device,  # checked by CorpusOptions
+            device=device,  # type: ignore[arg-type]  # CorpusOptions checks it
             actors=actors,
             actor_cpus=actor_cpus,
             decode_cpus=decode_cpus,
@@ -276,12 +261,7 @@ def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status instead of exiting (``heke-corpus`` exits with it)."""
-    try:
-        app(args=list(argv) if argv is not None else None, prog_name=PROG)
-    except SystemExit as exc:  # typer/click report usage errors with status 2 this way
-        code = exc.code
-        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
-    return EXIT_OK
+    return run_app(app, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -363,7 +363,7 @@ class RecordWriter:
         self._handle = None
 
 
-def path_key(path: str | Path) -> str:
+def path_key(path: str | os.PathLike[str]) -> str:
     """How records and inputs are matched on resume: the absolute, normalised path."""
     return os.path.normpath(os.path.abspath(os.fspath(path)))
 

@@ -309,11 +309,14 @@ def decode_video(
     """
     from heke_runtime.preprocess import load_clips, load_sums  # PyAV loads on first use only
 
-    load = load_sums if sums_only else load_clips
     with captured_warnings() as caught:
-        loaded, info, plan = load(path, num_snippets, size=size, model=model)
+        if sums_only:
+            sums, info, plan = load_sums(path, num_snippets, size=size, model=model)
+            inputs = {"sums": sums}
+        else:
+            loaded, info, plan = load_clips(path, num_snippets, size=size, model=model)
+            inputs = named_inputs(model, loaded)
     messages = tuple(dict.fromkeys(one_line(m) for m in caught))
-    inputs = {"sums": loaded} if sums_only else named_inputs(model, loaded)
     return DecodedVideo(str(path), inputs, info, np.asarray(plan), messages)
 
 

@@ -8,9 +8,12 @@ import functools
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heke_runtime.errors import HekeError
+
+if TYPE_CHECKING:
+    from heke_export.onnx_export import Precision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +61,7 @@ def load_weights(engine: str) -> Any:
     return weights
 
 
-def onnx_engine(folder: Path, engine: str, precision: str = "fp32") -> Path:
+def onnx_engine(folder: Path, engine: str, precision: Precision = "fp32") -> Path:
     """The ONNX engine of ``engine``'s weights, exported once into ``folder`` (the file name
     carries the weights' hash, so each checkpoint gets its own)."""
     from heke_export.onnx_export import artifact_name, onnx_from_weights
