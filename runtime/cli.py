@@ -159,6 +159,16 @@ def run(
             "0: no pipeline (decode, then infer, one video at a time).",
         ),
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            show_default=False,
+            help="Give up on a video whose decoding takes longer than SECONDS (an error "
+            "record; the rest go on). Default: no limit, since an hour of 4K can rightly "
+            "take minutes. Needs the pipeline (--workers 1 or more).",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(min=0, help="ONNX Runtime (0 = all cores) or torch CPU threads."),
@@ -166,6 +176,10 @@ def run(
 ) -> None:
     """Score videos; records stream to --output as each video finishes, a table ends the run."""
     dims = parse_size(size)
+    if timeout is not None and not timeout > 0:  # also refuses nan
+        usage_error(f"--timeout {timeout:g}: expected seconds, more than 0")
+    if timeout is not None and workers == 0:  # decoding in this thread cannot be given up on
+        usage_error("--timeout needs the pipeline (--workers 1 or more)")
     check_options(engine, regressor, backend, output, resume)
     if plot is not None:
         _require_plot()
@@ -185,6 +199,7 @@ def run(
             size=dims,
             threads=threads,
             workers=workers,
+            timeout=timeout,
         )
     except HekeError as exc:
         typer.echo(f"{PROG}: error: {exc}", err=True)

@@ -19,6 +19,15 @@ the batcher's share (under ``3 * batch_size + 1``) decoded videos are alive; fin
 wait for their turn in a window of ``window`` inputs, beyond which decoders take no new input.
 A slow file therefore holds back its successors' *results* (the order is stable) but not their
 decoding or inference, until the window is full.
+
+A file whose decoding never ends would then stall the run, so ``timeout_s`` bounds each
+``decode``: past it the input becomes an error result (``fail``), its window slot is freed and a
+new decoder thread takes the abandoned one's place. Python cannot kill a thread: the abandoned
+one is a daemon that may keep a core busy until FFmpeg returns, and what it returns is dropped.
+At most ``workers`` abandoned threads still running are replaced; beyond that a decoder that
+times out is not (decoding goes on with fewer threads), and once none is left the remaining
+inputs fail unread rather than pile up hung threads. The caller's thread checks the clock
+while it waits for results.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from heke_runtime.errors import HekeError
+
 Arrays = dict[str, np.ndarray]
 Source = str | Path
 R = TypeVar("R")
@@ -48,6 +59,10 @@ class Decoded(Protocol):
 
     @property
     def inputs(self) -> Mapping[str, np.ndarray]: ...
+
+
+class DecodeTimeoutError(HekeError, TimeoutError):
+    """An input's decoding ran past ``PipelineOptions.timeout_s``; it was skipped."""
 
 
 D = TypeVar("D", bound=Decoded)
@@ -63,12 +78,14 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class PipelineOptions:
     """``queue_size`` decoded videos wait for the batcher; ``window`` inputs may be taken and
-    not yet returned. Defaults: as many workers as cores, a queue of ``max(2, workers)``."""
+    not yet returned; ``timeout_s`` bounds one input's ``decode`` (None: no limit). Defaults:
+    as many workers as cores, a queue of ``max(2, workers)``."""
 
     workers: int = 0  # 0: default_workers()
     batch_size: int = 4
     queue_size: int = 0  # 0: max(2, workers)
     window: int = 0  # 0: max(64, 4 * (workers + queue_size))
+    timeout_s: float | None = None
 
     def resolved(self) -> PipelineOptions:
         workers = self.workers or default_workers()
@@ -77,7 +94,9 @@ class PipelineOptions:
         for name, value in (("workers", workers), ("batch_size", self.batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        return PipelineOptions(workers, self.batch_size, size, window)
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be more than 0 (or None), got {self.timeout_s}")
+        return PipelineOptions(workers, self.batch_size, size, window, self.timeout_s)
 
 
 @dataclass
@@ -86,6 +105,7 @@ class PipelineStats:
 
     inputs: int = 0
     failed_decode: int = 0
+    timed_out: int = 0  # decodes given up on (not counted in failed_decode)
     batches: int = 0
     snippets: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -320,24 +340,34 @@ class _Run(Generic[D, R]):
         self.lock = threading.Lock()
         self.next_seq = 0
         self.live_decoders = options.workers
+        # seq -> (source, start, thread) of each decode under way, for the timeout
+        self.decoding: dict[int, tuple[Source, float, threading.Thread]] = {}
+        self.abandoned = 0  # threads given up on and still inside ``decode``
+        self.draining = False  # no decoder left to replace a hung one: fail the rest unread
         self.batcher: Batcher[D] = Batcher(self.decoded, options.batch_size, self.stop)
-        self.threads = [
-            threading.Thread(target=self.decode_loop, name=f"heke-decode-{i}", daemon=True)
-            for i in range(options.workers)
-        ]
-        self.threads.append(
-            threading.Thread(target=self.infer_loop, name="heke-infer", daemon=True)
-        )
-        for thread in self.threads:
-            thread.start()
+        self.threads: list[threading.Thread] = []
+        self.start_thread(self.infer_loop, "heke-infer")
+        for _ in range(options.workers):
+            self.start_thread(self.decode_loop, "heke-decode")
+
+    def start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=f"{name}-{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
 
     # ---------------------------------------------------------------- caller side
 
     def results(self) -> Iterator[R]:
         ready: dict[int, R] = {}
         emitted, finished = 0, False
+        limit = self.p.options.timeout_s
         while not finished or emitted < self.next_seq:
-            seq, item = self.finished.get()
+            if limit is not None:
+                self.expire(limit)
+            try:
+                seq, item = self.finished.get(timeout=None if limit is None else POLL_S)
+            except queue.Empty:
+                continue
             if seq < 0:  # the end, or a fatal error of the pipeline itself
                 if isinstance(item, BaseException):
                     raise item
@@ -354,6 +384,33 @@ class _Run(Generic[D, R]):
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=POLL_S * 4)  # a decoder inside a slow file is left (daemon)
+
+    def expire(self, limit: float) -> None:
+        """Gives up on decodes running longer than ``limit`` seconds: each fails, and its
+        thread is replaced while few are abandoned (the module docstring)."""
+        now = time.perf_counter()
+        with self.lock:
+            late = [seq for seq, (_, started, _) in self.decoding.items() if now - started > limit]
+            given_up = [(seq, *self.decoding.pop(seq), self.abandon()) for seq in late]
+        reason = f"decoding took longer than {limit:g} s (--timeout); skipped"
+        for seq, source, started, thread, replace in given_up:
+            self.threads.remove(thread)  # shutdown need not wait for it
+            with self.stats.lock:
+                self.stats.timed_out += 1
+            self.finished.put((seq, self.p.fail(source, DecodeTimeoutError(reason), started)))
+            if replace:
+                self.start_thread(self.decode_loop, "heke-decode")
+
+    def abandon(self) -> bool:
+        """Counts one more abandoned decoder (lock held); True when a new one takes its place."""
+        self.abandoned += 1
+        if self.abandoned <= self.p.options.workers:
+            return True
+        if self.live_decoders > 1:
+            self.live_decoders -= 1  # the others decode on, one fewer
+            return False
+        self.draining = True  # it was the last: its replacement fails the rest unread
+        return True
 
     # ---------------------------------------------------------------- decoding
 
@@ -375,30 +432,50 @@ class _Run(Generic[D, R]):
                 taken = self.take()
                 if taken is None:
                     self.window.release()
-                    return
-                self.decode_one(*taken)
+                    break
+                if not self.decode_one(*taken):
+                    return  # given up on: expire() has handed this thread's place on
         except BaseException as exc:  # the input iterable itself failed: end the run with it
             self.finished.put((-1, exc))
-        finally:
-            with self.lock:
-                self.live_decoders -= 1
-                last = self.live_decoders == 0
-            if last:
-                self.put_decoded(_DONE)
+        with self.lock:
+            self.live_decoders -= 1
+            last = self.live_decoders == 0
+        if last:
+            self.put_decoded(_DONE)
 
-    def decode_one(self, seq: int, source: Source) -> None:
+    def decode_one(self, seq: int, source: Source) -> bool:
+        """Decodes one input and passes it on; False when expire() gave up on it meanwhile."""
         started = time.perf_counter()
+        if self.draining:
+            reason = f"skipped unread: {self.abandoned} earlier files still decode past --timeout"
+            self.finished.put((seq, self.p.fail(source, DecodeTimeoutError(reason), started)))
+            return True
+        with self.lock:
+            self.decoding[seq] = (source, started, threading.current_thread())
         try:
             decoded = self.p.decode(source)
             count = int(next(iter(decoded.inputs.values())).shape[0])
         except Exception as exc:
+            if not self.claim(seq):
+                return False
             with self.stats.lock:
                 self.stats.failed_decode += 1
             self.finished.put((seq, self.p.fail(source, exc, started)))
-            return
+            return True
+        if not self.claim(seq):
+            return False  # its result went out already: never feed it to the backend
         self.stats.alive(+1)
         video = _Video(seq, source, decoded, started, count, missing=count)
         self.put_decoded(video)
+        return True
+
+    def claim(self, seq: int) -> bool:
+        """True when this decode still owns its input (expire() did not give up on it)."""
+        with self.lock:
+            if self.decoding.pop(seq, None) is not None:
+                return True
+            self.abandoned -= 1
+            return False
 
     def put_decoded(self, item: Any) -> None:
         while True:

@@ -72,8 +72,12 @@ class Scorer:
     another) feed batches of up to ``batch_size`` snippets, grouped across videos, to the
     backend (default: the backend's choice, :func:`default_batch_size`: 1 for ONNX Runtime on
     CPU, where larger batches only cost memory; 4 elsewhere). Results are the same either
-    way and come in input order. ``backend_options`` go to the backend (e.g.
-    ``{"precision": "fp32"}`` for the torch backend).
+    way and come in input order. ``timeout`` (seconds, default none) gives up on a video whose
+    decoding runs longer: it comes back as an error result and the others go on (see
+    :mod:`heke_runtime.pipeline`); with ``workers=0`` there is no timeout, since decoding
+    then runs in the calling thread, which nothing could take back from a hung file.
+    ``backend_options`` go to the backend (e.g. ``{"precision": "fp32"}`` for the torch
+    backend).
     """
 
     def __init__(
@@ -89,12 +93,15 @@ class Scorer:
         device_id: int = 0,
         keep_arrays: bool = False,
         workers: int | None = None,
+        timeout: float | None = None,
         backend_options: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
         if workers is not None and workers < 0:
             raise ScorerError(f"workers must be 0 (no pipeline) or more, got {workers}")
+        if timeout is not None and not timeout > 0:
+            raise ScorerError(f"timeout must be more than 0 seconds (or None), got {timeout}")
         if num_snippets is not None and num_snippets < 2:
             raise ScorerError(f"num_snippets must be at least 2, got {num_snippets}")
         self.engine_path = Path(engine)
@@ -110,6 +117,7 @@ class Scorer:
         self.size = size
         self.keep_arrays = keep_arrays
         self.workers = default_workers() if workers is None else workers
+        self.timeout = timeout
         self.regressor = self._load_regressor(regressor)
         self.last_stats: PipelineStats | None = None  # of the last pipelined score_many
         self._open = False
@@ -180,7 +188,9 @@ class Scorer:
         except Exception:  # every video reports why the engine cannot run, as score() does
             yield from (self.score(path) for path in paths)
             return
-        options = PipelineOptions(workers=self.workers, batch_size=self.batch_size)
+        options = PipelineOptions(
+            workers=self.workers, batch_size=self.batch_size, timeout_s=self.timeout
+        )
         pipeline: Pipeline[DecodedVideo, VideoResult] = Pipeline(
             self.decode, run_batches_with(self.backend), self.result, self.failure, options
         )

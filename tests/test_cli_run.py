@@ -105,6 +105,8 @@ def test_resume_skips_what_is_done_and_appends(tmp_path, capsys, engine, videos)
         (["--backend", "openvino"], "unknown backend"),
         (["--snippets", "1"], ""),  # typer's own range check
         (["--batch-size", "0"], ""),  # its default is the backend's, its range still 1 up
+        (["--timeout", "0"], "--timeout 0: expected seconds, more than 0"),
+        (["--timeout", "5", "--workers", "0"], "--timeout needs the pipeline"),
         (["--no-such-flag"], ""),
     ],
 )
@@ -115,6 +117,13 @@ def test_usage_errors_exit_2(tmp_path, capsys, engine, videos, args, message):
     code, _, err = run(capsys, *base, *args)
     assert code == 2
     assert message in err
+
+
+def test_a_timeout_that_does_not_fire_changes_nothing(tmp_path, capsys, engine, videos):
+    out = tmp_path / "r.jsonl"
+    code, _, err = run(capsys, videos, "-e", engine, "-o", out, "--timeout", "30", "--workers", 2)
+    assert code == 0, err
+    assert [r["status"] for r in read_records(out)] == ["ok", "ok"]
 
 
 def test_nothing_to_score_is_a_usage_error(tmp_path, capsys, engine):

@@ -15,7 +15,7 @@ from heke_runtime.cli import main
 from heke_runtime.pipeline import Pipeline, PipelineOptions, captured_warnings, run_batches_with
 from heke_runtime.results import read_records
 from heke_runtime.sampling import ShortVideoWarning
-from heke_runtime.scorer import Scorer
+from heke_runtime.scorer import Scorer, ScorerError
 from tests.test_backends import tiny_engine
 from tests.videos import make_video
 
@@ -204,7 +204,121 @@ def test_an_input_iterable_that_fails_ends_the_run_with_its_error():
 def test_options_are_checked():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         PipelineOptions(workers=1, batch_size=0).resolved()
+    with pytest.raises(ValueError, match="timeout_s must be more than 0"):
+        PipelineOptions(workers=1, timeout_s=0).resolved()
     assert PipelineOptions().resolved().workers >= 1
+
+
+# --------------------------------------------------------------------------- decode timeout
+# A hung FFmpeg cannot be produced on purpose, so a decode that blocks on an Event stands in
+# for one; the pipeline, its threads and the backend are the real ones.
+
+
+def hanging_decode(hung, release, late_error=False):
+    """``fake_decode``, except that the inputs in ``hung`` block until ``release`` is set and
+    then return a valid video (or raise): what an abandoned decoder hands back too late."""
+    plain, returned = fake_decode(), []
+
+    def decode(source):
+        if int(source) in hung:
+            release.wait()
+            returned.append(int(source))
+            if late_error:
+                raise OSError("FFmpeg gave up at last")
+        return plain(source)
+
+    decode.returned = returned
+    return decode
+
+
+def counting(fail_calls):
+    def fail_and_count(source, exc, started):
+        fail_calls.append(int(source))
+        return fail(source, exc, started)
+
+    return fail_and_count
+
+
+def wait_for(condition, seconds=2.0):
+    deadline = time.perf_counter() + seconds
+    while not condition() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.mark.parametrize("late_error", [False, True])
+def test_a_hung_decode_times_out_and_the_others_are_scored_in_order(late_error):
+    release, backend, fail_calls = threading.Event(), FakeBackend(), []
+    decode = hanging_decode({3}, release, late_error)
+    # A window of 4: without the timeout, video 3 would stall the run for good.
+    options = PipelineOptions(workers=2, batch_size=3, window=4, timeout_s=0.3)
+    run = Pipeline(decode, run_batches_with(backend), finish, counting(fail_calls), options)
+    started = time.perf_counter()
+    results = list(run.run(str(i) for i in range(12)))
+    assert time.perf_counter() - started < 2.0
+    reason = "decoding took longer than 0.3 s (--timeout); skipped"
+    assert results == [("error", 3, reason) if i == 3 else ("ok", i) for i in range(12)]
+    assert run.stats.timed_out == 1 and run.stats.failed_decode == 0
+    release.set()  # the abandoned decode returns now: dropped, never reported or run
+    assert wait_for(lambda: decode.returned == [3])
+    time.sleep(0.05)  # its thread runs on past the return
+    assert fail_calls == [3] and all(3 not in call for call in backend.calls)
+    assert run.stats.snippets == 11 * 3 and run.stats.decoded_alive == 0
+
+
+def test_results_are_unchanged_when_no_timeout_fires():
+    def results(**options):
+        run = pipeline(fake_decode(slow=(2, 0.2)), FakeBackend(), workers=2, **options)
+        return list(run.run(str(i) for i in range(10))), run.stats
+
+    plain, _ = results()
+    timed, stats = results(timeout_s=5.0)
+    assert timed == plain == [("ok", i) for i in range(10)] and stats.timed_out == 0
+
+
+def test_abandoned_decoders_are_bounded_and_then_the_rest_fail_unread():
+    """One worker: the first hung decoder is replaced; the second was the last one within
+    the bound, so its replacement fails the remaining inputs instead of decoding them."""
+    release, backend = threading.Event(), FakeBackend()
+    decode = hanging_decode({0, 1}, release)
+    run = pipeline(decode, backend, workers=1, batch_size=2, timeout_s=0.2)
+    started = time.perf_counter()
+    results = list(run.run(str(i) for i in range(5)))
+    assert time.perf_counter() - started < 2.0
+    timed_out = "decoding took longer than 0.2 s (--timeout); skipped"
+    unread = "skipped unread: 2 earlier files still decode past --timeout"
+    assert results == [("error", i, timed_out if i < 2 else unread) for i in range(5)]
+    assert backend.calls == [] and run.stats.timed_out == 2
+    release.set()
+    assert wait_for(lambda: sorted(decode.returned) == [0, 1])
+
+
+def test_scorer_timeout_gives_an_error_record_and_scores_the_rest(mixed):
+    release, returned = threading.Event(), threading.Event()
+    hung = str(mixed[1])
+
+    class HangingScorer(Scorer):
+        def decode(self, path):
+            if str(path) != hung:
+                return super().decode(path)
+            release.wait()
+            try:
+                return super().decode(path)
+            finally:
+                returned.set()
+
+    with pytest.raises(ScorerError, match="timeout must be more than 0"):
+        Scorer(tiny_engine("r2p1d_HEKE_4"), timeout=0)
+    try:
+        with HangingScorer(tiny_engine("r2p1d_HEKE_4"), workers=2, timeout=1.0) as scorer:
+            results = list(scorer.score_many(mixed))
+    finally:
+        release.set()
+        # Its warning capture must end before the next test swaps the warning filters.
+        assert returned.wait(5.0)
+    assert [r.path for r in results] == [str(p) for p in mixed]
+    assert results[1].error == "decoding took longer than 1 s (--timeout); skipped"
+    assert [r.ok for r in results] == [i not in (1, 3) for i in range(len(mixed))]  # 3: broken
 
 
 def test_warnings_are_captured_per_thread():
