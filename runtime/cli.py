@@ -146,8 +146,8 @@ def run(
             min=1,
             show_default=False,
             help="Snippets per inference call, grouped across videos of the same frame size. "
-            "Default: 1 for ONNX Runtime on CPU (larger batches cost memory, not time), "
-            f"{DEFAULT_BATCH_SIZE} on GPUs and other backends.",
+            "Default: 1 on CPU (ONNX Runtime or torch: larger batches cost memory, not time), "
+            f"{DEFAULT_BATCH_SIZE} on GPUs.",
         ),
     ] = None,
     workers: Annotated[

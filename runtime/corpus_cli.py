@@ -174,7 +174,7 @@ def corpus(
             min=1,
             show_default=False,
             help="Snippets per inference call. Default: as heke-run, the backend's choice "
-            f"(1 for ONNX Runtime on CPU, {DEFAULT_BATCH_SIZE} on GPUs and other backends).",
+            f"(1 on CPU, {DEFAULT_BATCH_SIZE} on GPUs).",
         ),
     ] = None,
     max_retries: Annotated[

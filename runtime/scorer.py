@@ -50,7 +50,7 @@ DEFAULT_BATCH_SIZE = 4  # snippets per inference call where the backend has no p
 
 
 def default_batch_size(backend: BaseBackend) -> int:
-    """The backend's ``preferred_batch_size`` (ONNX Runtime on CPU: 1) or DEFAULT_BATCH_SIZE."""
+    """The backend's ``preferred_batch_size`` (1 on CPU) or DEFAULT_BATCH_SIZE."""
     return backend.preferred_batch_size or DEFAULT_BATCH_SIZE
 
 
@@ -70,8 +70,8 @@ class Scorer:
     ``score_many`` runs the pipeline (:mod:`heke_runtime.pipeline`): ``workers`` decoding
     threads (default: the machine's cores; 0 decodes in the calling thread, one video after
     another) feed batches of up to ``batch_size`` snippets, grouped across videos, to the
-    backend (default: the backend's choice, :func:`default_batch_size`: 1 for ONNX Runtime on
-    CPU, where larger batches only cost memory; 4 elsewhere). Results are the same either
+    backend (default: the backend's choice, :func:`default_batch_size`: 1 on CPU, where
+    larger batches only cost memory; 4 on GPUs). Results are the same either
     way and come in input order. ``timeout`` (seconds, default none) gives up on a video whose
     decoding runs longer: it comes back as an error result and the others go on (see
     :mod:`heke_runtime.pipeline`); with ``workers=0`` there is no timeout, since decoding

@@ -109,6 +109,11 @@ def test_scorer_runs_demo_engines_and_matches_onnx_runtime(tmp_path):
             )
 
 
+def test_cpu_prefers_one_snippet_per_call():
+    assert Scorer(TINY, backend_options={"precision": "fp32"}).batch_size == 1
+    assert Scorer(TINY, backend_options={"precision": "fp32"}, batch_size=3).batch_size == 3
+
+
 def test_heke_run_takes_a_demo_engine(tmp_path, capsys):
     video = make_video(tmp_path / "a.mp4", frames=30)
     out = tmp_path / "r.jsonl"

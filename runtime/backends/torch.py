@@ -289,6 +289,12 @@ class TorchBackend(BaseBackend):
         self._graphs: OrderedDict[tuple[Any, ...], CapturedShape] = OrderedDict()
 
     @property
+    def preferred_batch_size(self) -> int | None:
+        """1 on CPU, as for ONNX Runtime: 1080p at batch 4 peaks at 2.0 GB against 1.25 GB,
+        for no gain in speed (RESULTS.md, issue 4); None (the caller's default) on CUDA."""
+        return 1 if self.device_kind == "cpu" else None
+
+    @property
     def device(self) -> str:
         torch = _import_torch()
         where = "CPU"
