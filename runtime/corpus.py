@@ -89,6 +89,8 @@ class CorpusOptions:
     (Ray Data grows the pool while work waits). ``videos_per_task`` caps the videos in one
     decode task (fewer when the corpus is small, so every CPU gets work). Records are
     committed every ``flush_rows`` records or ``flush_s`` seconds, whichever comes first.
+    ``timeout_s`` gives up on a video whose decoding takes longer (an error record, as
+    heke-run's ``--timeout``; see :func:`heke_runtime.corpus_pipeline.prepare_batch`).
     """
 
     regressor: str | None = None
@@ -110,6 +112,7 @@ class CorpusOptions:
     jsonl: bool = False
     flush_rows: int = 1000
     flush_s: float = 30.0
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -131,6 +134,10 @@ class CorpusOptions:
         }.items():
             if not number > 0:
                 raise CorpusUsageError(f"{name} must be above 0, got {number}")
+        if self.timeout_s is not None and not self.timeout_s > 0:  # also refuses nan
+            raise CorpusUsageError(
+                f"timeout_s must be more than 0 seconds (or None), got {self.timeout_s}"
+            )
         if self.max_retries < -1:
             raise CorpusUsageError(
                 f"max_retries must be -1 (forever) or more, got {self.max_retries}"
@@ -581,6 +588,7 @@ def _actor_config(
     return {
         "run_id": run_id,
         "model": scorer.model,
+        "timeout_s": options.timeout_s,  # for the decode tasks
         "scorer": {
             "engine": str(scorer.engine_path.resolve()),
             "regressor": str(Path(regressor).resolve()) if regressor else None,

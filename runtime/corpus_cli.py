@@ -183,6 +183,16 @@ def corpus(
             min=-1, help="Retries of a decode task whose worker or node died (-1: forever)."
         ),
     ] = 5,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            show_default=False,
+            help="Give up on a video whose decoding takes longer than SECONDS (an error "
+            "record; the rest go on). Default: no limit, since an hour of 4K can rightly "
+            "take minutes.",
+        ),
+    ] = None,
     flush_rows: Annotated[int, typer.Option(min=1, help="Commit a part every N records.")] = 1000,
     flush_seconds: Annotated[
         float, typer.Option(help="... or every this many seconds, whichever comes first.")
@@ -191,6 +201,8 @@ def corpus(
     """Score a corpus; records are committed as they finish and compacted at the end."""
     if not inputs and manifest is None:
         usage_error("nothing to score: give videos, folders or lists, or --manifest")
+    if timeout is not None and not timeout > 0:  # also refuses nan
+        usage_error(f"--timeout {timeout:g}: expected seconds, more than 0")
     try:
         options = CorpusOptions(
             regressor=str(regressor) if regressor else None,
@@ -211,6 +223,7 @@ def corpus(
             jsonl=jsonl,
             flush_rows=flush_rows,
             flush_s=flush_seconds,
+            timeout_s=timeout,
         )
     except HekeError as exc:
         usage_error(str(exc))

@@ -31,6 +31,12 @@ import pyarrow.compute as pc
 
 from heke_runtime.corpus_store import row_from_record, video_id
 from heke_runtime.errors import HekeError
+from heke_runtime.pipeline import (
+    DecodeTimeoutError,
+    abandoned_calls,
+    call_with_timeout,
+    timeout_reason,
+)
 from heke_runtime.results import VideoResult
 from heke_runtime.scorer import DecodedVideo, Scorer, decode_video, error_reason, named_inputs
 
@@ -41,6 +47,11 @@ PREPARED_FIELDS = [
     ("prep_error", pa.string()),
     ("prep_s", pa.float64()),
 ]
+
+
+# Hung decodes a worker process may hold before its tasks fail their videos unread (as
+# heke_runtime.pipeline with one decoder: one replaced, then the rest fail).
+MAX_ABANDONED = 2
 
 
 class DecodeStageError(HekeError):
@@ -118,9 +129,20 @@ def missing_in(ids: pa.Array, present: pa.Array) -> pa.Array:
 
 
 def prepare_batch(
-    batch: pa.Table, *, model: str, num_snippets: int, size: list[int] | None
+    batch: pa.Table,
+    *,
+    model: str,
+    num_snippets: int,
+    size: list[int] | None,
+    timeout_s: float | None = None,
 ) -> pa.Table:
-    """Decode and preprocess each video of ``batch``; failures become ``prep_error``."""
+    """Decode and preprocess each video of ``batch``; failures become ``prep_error``.
+
+    With ``timeout_s``, a video whose decoding takes longer gets heke-run's ``--timeout``
+    reason and the task goes on. Its decode runs on in an abandoned daemon thread, which may
+    keep a core of this Ray worker busy until FFmpeg returns; once :data:`MAX_ABANDONED` are
+    still running in the worker process, its videos fail unread instead of piling up more.
+    """
     metas: list[bytes | None] = []
     tensors: list[pa.Array] = []
     errors: list[str | None] = []
@@ -130,7 +152,7 @@ def prepare_batch(
         start = time.perf_counter()
         meta, tensor, error = None, pa.py_buffer(b""), None
         try:
-            sums = decode_video(path, model, num_snippets, dims, sums_only=True)
+            sums = _decode(path, model, num_snippets, dims, timeout_s)
             meta, tensor = pack_decoded(sums)
         except Exception as exc:  # one bad file must not stop a batch (as in Scorer.score)
             error = error_reason(exc, path)
@@ -143,6 +165,24 @@ def prepare_batch(
     for (name, kind), column in zip(PREPARED_FIELDS, columns):
         batch = batch.append_column(pa.field(name, kind), column)
     return batch
+
+
+def _decode(
+    path: str, model: str, num_snippets: int, dims: tuple[int, int] | None, limit: float | None
+) -> DecodedVideo:
+    """``decode_video(..., sums_only=True)``, given up on after ``limit`` seconds."""
+    if limit is None:  # no thread: nothing to give up on
+        return decode_video(path, model, num_snippets, dims, sums_only=True)
+    stuck = abandoned_calls()
+    if stuck >= MAX_ABANDONED:
+        raise DecodeTimeoutError(
+            f"skipped unread: {stuck} earlier files still decode past --timeout in this Ray worker"
+        )
+    return call_with_timeout(
+        lambda: decode_video(path, model, num_snippets, dims, sums_only=True),
+        limit,
+        timeout_reason(limit),
+    )
 
 
 def finish_decoded(decoded: DecodedVideo, model: str) -> DecodedVideo:
@@ -271,6 +311,7 @@ def build_dataset(
                 "model": config["model"],
                 "num_snippets": scorer["num_snippets"],
                 "size": scorer.get("size"),
+                "timeout_s": config.get("timeout_s"),
             },
             num_cpus=plan.decode_cpus,
             # Retries of a task whose worker or node died (each lost output rebuilt also

@@ -51,6 +51,7 @@ from heke_runtime.errors import HekeError
 Arrays = dict[str, np.ndarray]
 Source = str | Path
 R = TypeVar("R")
+T = TypeVar("T")
 POLL_S = 0.05  # how often blocked threads look at the stop flag
 
 
@@ -66,6 +67,46 @@ class DecodeTimeoutError(HekeError, TimeoutError):
 
 
 D = TypeVar("D", bound=Decoded)
+
+
+ABANDONED = "heke-abandoned"  # the name of a thread call_with_timeout gave up on
+
+
+def timeout_reason(seconds: float) -> str:
+    """The error text of an input whose decoding ran past ``seconds`` (heke-run's and
+    heke-corpus's records say the same)."""
+    return f"decoding took longer than {seconds:g} s (--timeout); skipped"
+
+
+def call_with_timeout(fn: Callable[[], T], seconds: float, reason: str) -> T:
+    """``fn()``, run in a daemon thread and waited for at most ``seconds``; its exception
+    propagates. Past the limit :class:`DecodeTimeoutError` (``reason``) is raised and the
+    thread is abandoned: Python cannot stop it, so it runs on (maybe keeping a core busy)
+    until ``fn`` returns, and what it returns is dropped. :func:`abandoned_calls` counts those
+    still running, for callers that must bound them."""
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # handed to the caller's thread below
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="heke-timed-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        thread.name = ABANDONED
+        raise DecodeTimeoutError(reason)
+    done, value = box[0]
+    if not done:
+        raise value
+    return value
+
+
+def abandoned_calls() -> int:
+    """Threads of this process that :func:`call_with_timeout` gave up on and still run."""
+    return sum(thread.name == ABANDONED for thread in threading.enumerate())
 
 
 def default_workers() -> int:
@@ -392,7 +433,7 @@ class _Run(Generic[D, R]):
         with self.lock:
             late = [seq for seq, (_, started, _) in self.decoding.items() if now - started > limit]
             given_up = [(seq, *self.decoding.pop(seq), self.abandon()) for seq in late]
-        reason = f"decoding took longer than {limit:g} s (--timeout); skipped"
+        reason = timeout_reason(limit)
         for seq, source, started, thread, replace in given_up:
             self.threads.remove(thread)  # shutdown need not wait for it
             with self.stats.lock:

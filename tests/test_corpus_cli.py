@@ -48,6 +48,7 @@ def test_without_ray_the_command_names_the_extra(tmp_path, capsys, monkeypatch, 
         (("v.mp4", "--device", "tpu"), "valid: auto, cpu, gpu"),
         (("v.mp4", "--size", "big"), "WIDTHxHEIGHT"),
         (("v.mp4", "--actor-cpus", "0"), "actor_cpus must be above 0"),
+        (("v.mp4", "--timeout", "0"), "--timeout 0: expected seconds, more than 0"),
         (("v.mp4", "--run-id", "../x"), "run id"),
         (("--manifest", "m.xlsx"), "unknown format '.xlsx'"),
         (("--manifest", "missing.csv"), "no such file"),
@@ -142,3 +143,18 @@ def test_actors_use_their_own_backends_batch_size_unless_asked():
     for asked in (None, 3):
         config = _actor_config(scorer, plan, "run", CorpusOptions(batch_size=asked))
         assert config["scorer"]["batch_size"] == asked
+
+
+def test_the_timeout_reaches_the_decode_tasks_as_plain_data():
+    pytest.importorskip("pyarrow", reason="the corpus stages need pyarrow (heke[ray])")
+    from heke_runtime.corpus import CorpusOptions, CorpusUsageError, _actor_config, compute_plan
+    from heke_runtime.scorer import Scorer
+    from tests.test_backends import tiny_engine
+
+    with pytest.raises(CorpusUsageError, match="timeout_s must be more than 0 seconds"):
+        CorpusOptions(timeout_s=0)
+    scorer = Scorer(tiny_engine("r2p1d_HEKE_4"))
+    options = CorpusOptions(timeout_s=2.5)
+    plan = compute_plan(FakeRay(CPU=8), scorer, options, 4)
+    # build_dataset hands it to prepare_batch; tests/test_corpus_cluster.py runs that for real.
+    assert _actor_config(scorer, plan, "run", options)["timeout_s"] == 2.5

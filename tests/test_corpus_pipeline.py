@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 pa = pytest.importorskip("pyarrow", reason="the corpus stages need pyarrow (heke[ray])")
 
+from heke_runtime import corpus_pipeline  # noqa: E402
 from heke_runtime.corpus_pipeline import (  # noqa: E402
+    MAX_ABANDONED,
     finish_decoded,
     input_rows,
     pack_decoded,
     prepare_batch,
+    score_prepared,
     unpack_decoded,
 )
-from heke_runtime.scorer import decode_video  # noqa: E402
+from heke_runtime.pipeline import abandoned_calls  # noqa: E402
+from heke_runtime.scorer import Scorer, decode_video  # noqa: E402
+from tests.test_backends import tiny_engine  # noqa: E402
 from tests.videos import make_video  # noqa: E402
 
 
@@ -43,3 +51,92 @@ def test_a_file_that_cannot_be_decoded_is_a_prep_error(tmp_path) -> None:
     row = prepared.drop_columns(["tensor"]).to_pylist()[0]
     assert row["decoded"] is None and row["prep_error"]
     assert prepared.column("tensor").to_pylist() == [b""]
+
+
+# --------------------------------------------------------------------------- decode timeout
+# A hung FFmpeg cannot be produced on purpose (FIFOs are refused before FFmpeg opens them),
+# so the hang tests swap the module's decode_video, which prepare_batch looks up at call
+# time, for one that blocks on an Event before calling the real one.
+
+MODEL, SNIPPETS = "r2p1d_HEKE_4", 12
+
+
+def prepare(paths, **options):
+    """prepare_batch over ``paths``: its rows (without tensors) and the table."""
+    rows = input_rows([str(p) for p in paths], [None] * len(paths), [None] * len(paths))
+    table = prepare_batch(rows, model=MODEL, num_snippets=SNIPPETS, size=None, **options)
+    return table.drop_columns(["tensor"]).to_pylist(), table
+
+
+@pytest.fixture
+def clips(tmp_path):
+    """Two real videos of different sizes and a file that is not a video."""
+    bad = tmp_path / "junk.mp4"
+    bad.write_bytes(b"not a video")
+    a = make_video(tmp_path / "a.mp4", size=(96, 54), frames=36)
+    return [a, make_video(tmp_path / "b.mp4", size=(64, 48), frames=36), bad]
+
+
+@pytest.fixture
+def hang(monkeypatch):
+    """``hang(paths)``: decoding those paths blocks until the test ends (then runs)."""
+    release, real = threading.Event(), corpus_pipeline.decode_video
+
+    def start(paths):
+        hung = {str(p) for p in paths}
+
+        def decode(path, *args, **kwargs):
+            if str(path) in hung:
+                release.wait()
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(corpus_pipeline, "decode_video", decode)
+
+    yield start
+    release.set()
+    deadline = time.perf_counter() + 5.0
+    while abandoned_calls() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert abandoned_calls() == 0  # the next test starts with none abandoned
+
+
+@pytest.mark.filterwarnings("ignore::heke_runtime.sampling.ShortVideoWarning")
+def test_with_a_timeout_that_does_not_fire_videos_score_as_with_heke_run(clips):
+    _, plain = prepare(clips)
+    rows, table = prepare(clips, timeout_s=30.0)
+    assert table.drop_columns(["prep_s"]).equals(plain.drop_columns(["prep_s"]))
+    tensors = corpus_pipeline.binary_values(table.column("tensor"))
+    with Scorer(tiny_engine(MODEL), num_snippets=SNIPPETS, workers=0) as scorer:
+        for path, row, tensor in zip(clips, rows, tensors):
+            got = score_prepared(scorer, row["path"], row["decoded"], tensor, row["prep_error"])
+            want = scorer.score(path)
+            assert (got.status, got.error, got.warnings) == (want.status, want.error, want.warnings)
+            assert got.scores == pytest.approx(want.scores, abs=1e-6)
+    assert [r["prep_error"] is None for r in rows] == [True, True, False]
+
+
+@pytest.mark.filterwarnings("ignore::heke_runtime.sampling.ShortVideoWarning")
+def test_a_hung_decode_is_heke_runs_timeout_record_and_the_task_goes_on(clips, hang):
+    prepare(clips[:1])  # PyAV loaded: the clock below times decoding only
+    hang(clips[:1])
+    started = time.perf_counter()
+    rows, _ = prepare(clips, timeout_s=0.5)
+    assert time.perf_counter() - started < 3.0
+    reason = "decoding took longer than 0.5 s (--timeout); skipped"
+    assert rows[0]["prep_error"] == reason and rows[0]["decoded"] is None
+    assert rows[1]["prep_error"] is None and rows[1]["decoded"] is not None
+    assert rows[2]["prep_error"] and rows[2]["prep_error"] != reason
+    with Scorer(tiny_engine(MODEL), num_snippets=SNIPPETS, workers=0) as scorer:
+        record = score_prepared(scorer, rows[0]["path"], None, pa.py_buffer(b""), reason)
+    assert record.error == reason  # what heke-run --timeout 0.5 records
+
+
+def test_a_worker_holding_too_many_hung_decodes_fails_the_rest_unread(clips, hang):
+    hung = clips[:MAX_ABANDONED]
+    hang(hung)
+    rows, _ = prepare([*hung, clips[-1]], timeout_s=0.2)
+    timed_out = "decoding took longer than 0.2 s (--timeout); skipped"
+    unread = f"skipped unread: {MAX_ABANDONED} earlier files still decode past --timeout"
+    errors = [r["prep_error"] for r in rows]
+    assert errors == [timed_out] * MAX_ABANDONED + [f"{unread} in this Ray worker"]
+    assert abandoned_calls() == MAX_ABANDONED

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from heke_runtime.cli import main
-from heke_runtime.pipeline import Pipeline, PipelineOptions, captured_warnings, run_batches_with
+from heke_runtime.pipeline import (
+    DecodeTimeoutError,
+    Pipeline,
+    PipelineOptions,
+    abandoned_calls,
+    call_with_timeout,
+    captured_warnings,
+    run_batches_with,
+)
 from heke_runtime.results import read_records
 from heke_runtime.sampling import ShortVideoWarning
 from heke_runtime.scorer import Scorer, ScorerError
@@ -319,6 +327,22 @@ def test_scorer_timeout_gives_an_error_record_and_scores_the_rest(mixed):
     assert [r.path for r in results] == [str(p) for p in mixed]
     assert results[1].error == "decoding took longer than 1 s (--timeout); skipped"
     assert [r.ok for r in results] == [i not in (1, 3) for i in range(len(mixed))]  # 3: broken
+
+
+def test_call_with_timeout_returns_raises_or_gives_up_with_the_reason():
+    assert call_with_timeout(lambda: 42, 5.0, "never") == 42
+    with pytest.raises(OSError, match="broken"):
+        call_with_timeout(lambda: (_ for _ in ()).throw(OSError("broken")), 5.0, "never")
+    release, before = threading.Event(), abandoned_calls()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DecodeTimeoutError, match=r"^took too long$"):
+            call_with_timeout(release.wait, 0.1, "took too long")
+        assert 0.1 <= time.perf_counter() - started < 1.0
+        assert abandoned_calls() == before + 1  # still blocked: counted until it returns
+    finally:
+        release.set()
+    assert wait_for(lambda: abandoned_calls() == before)
 
 
 def test_warnings_are_captured_per_thread():
