@@ -21,6 +21,7 @@ from heke_runtime.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    TIMEOUT_HELP,
     echo_problems,
     new_app,
     run_app,
@@ -164,9 +165,7 @@ def run(
         typer.Option(
             metavar="SECONDS",
             show_default=False,
-            help="Give up on a video whose decoding takes longer than SECONDS (an error "
-            "record; the rest go on). Default: no limit, since an hour of 4K can rightly "
-            "take minutes. Needs the pipeline (--workers 1 or more).",
+            help=f"{TIMEOUT_HELP} Needs the pipeline (--workers 1 or more).",
         ),
     ] = None,
     threads: Annotated[
@@ -176,8 +175,7 @@ def run(
 ) -> None:
     """Score videos; records stream to --output as each video finishes, a table ends the run."""
     dims = parse_size(size)
-    if timeout is not None and not timeout > 0:  # also refuses nan
-        usage_error(f"--timeout {timeout:g}: expected seconds, more than 0")
+    common.check_timeout(PROG, timeout)
     if timeout is not None and workers == 0:  # decoding in this thread cannot be given up on
         usage_error("--timeout needs the pipeline (--workers 1 or more)")
     check_options(engine, regressor, backend, output, resume)

@@ -15,6 +15,10 @@ import typer
 from heke_runtime.results import VideoResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TIMEOUT_HELP = (
+    "Give up on a video whose decoding takes longer than SECONDS (an error record; the rest "
+    "go on). Default: no limit, since an hour of 4K can rightly take minutes."
+)
 
 
 def new_app(help_text: str | None = None) -> typer.Typer:
@@ -49,6 +53,12 @@ def parse_size(prog: str, text: str | None) -> tuple[int, int] | None:
         return size_from_text(text)
     except ValueError as exc:
         usage_error(prog, str(exc))
+
+
+def check_timeout(prog: str, seconds: float | None) -> None:
+    """``--timeout`` must be a positive number of seconds (NaN is refused too)."""
+    if seconds is not None and not seconds > 0:
+        usage_error(prog, f"--timeout {seconds:g}: expected seconds, more than 0")
 
 
 def echo_problems(prog: str, result: VideoResult) -> None:

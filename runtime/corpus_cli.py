@@ -16,7 +16,14 @@ import typer
 
 from heke_runtime import cli_common as common
 from heke_runtime.backends import BACKENDS
-from heke_runtime.cli_common import EXIT_FAILED, EXIT_OK, echo_problems, new_app, run_app
+from heke_runtime.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    TIMEOUT_HELP,
+    echo_problems,
+    new_app,
+    run_app,
+)
 from heke_runtime.corpus import (
     DEVICES,
     MANIFEST_SUFFIXES,
@@ -188,9 +195,7 @@ def corpus(
         typer.Option(
             metavar="SECONDS",
             show_default=False,
-            help="Give up on a video whose decoding takes longer than SECONDS (an error "
-            "record; the rest go on). Default: no limit, since an hour of 4K can rightly "
-            "take minutes.",
+            help=TIMEOUT_HELP,
         ),
     ] = None,
     flush_rows: Annotated[int, typer.Option(min=1, help="Commit a part every N records.")] = 1000,
@@ -201,8 +206,7 @@ def corpus(
     """Score a corpus; records are committed as they finish and compacted at the end."""
     if not inputs and manifest is None:
         usage_error("nothing to score: give videos, folders or lists, or --manifest")
-    if timeout is not None and not timeout > 0:  # also refuses nan
-        usage_error(f"--timeout {timeout:g}: expected seconds, more than 0")
+    common.check_timeout(PROG, timeout)
     try:
         options = CorpusOptions(
             regressor=str(regressor) if regressor else None,
