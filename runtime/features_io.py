@@ -19,7 +19,6 @@ accepts nothing but NumPy arrays, lists, tuples and dicts.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -38,8 +37,8 @@ import numpy as np
 from heke_runtime.datasets import DatasetList, normalise_scores
 from heke_runtime.errors import HekeError
 from heke_runtime.regressor import STAGE_NAMES, stage_channels
-from heke_runtime.results import HEAD_NAMES
-from heke_runtime.sidecar import atomic_write_bytes, now_utc
+from heke_runtime.results import HEAD_NAMES, path_key
+from heke_runtime.sidecar import atomic_write_bytes, now_utc, read_npz, write_npz
 from heke_runtime.tolerances import LABEL_ORDER
 
 FORMAT = "heke-features/1"
@@ -132,22 +131,14 @@ def save_features(path: str | Path, data: FeatureSet) -> Path:
         arrays["heads"] = np.asarray(data.heads, dtype=np.float32)
     if data.labels is not None:
         arrays["labels"] = np.asarray(data.labels, dtype=np.float32)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    atomic_write_bytes(path, buffer.getvalue())
+    write_npz(path, arrays)
     return path
 
 
 def load_features(path: str | Path) -> FeatureSet:
     """Read a heke features ``.npz`` (never unpickles)."""
     path = Path(path)
-    if not path.is_file():
-        raise FeaturesError(f"{path}: no such features file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.array(data[k]) for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise FeaturesError(f"{path}: not a heke features .npz ({exc})") from None
+    arrays = read_npz(path, FeaturesError, "features", "heke features")
     missing = [k for k in ("metadata", "paths", "features") if k not in arrays]
     if missing:
         raise FeaturesError(f"{path}: lacks {missing} (not written by heke-features?)")
@@ -488,31 +479,29 @@ class FeatureWriter:
                 self._done[str(data["path"])] = shard
 
     def has(self, path: str | Path) -> bool:
-        key = _absolute(path)
+        key = path_key(path)
         previous = self._previous.paths if self._previous is not None else ()
         return key in self._done or key in previous
 
     def add(self, path: str | Path, heads: np.ndarray, features: np.ndarray) -> None:
-        key = _absolute(path)
+        key = path_key(path)
         name = hashlib.sha256(key.encode()).hexdigest()[:20] + ".npz"
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            path=np.array(key),
-            heads=np.asarray(heads, dtype=np.float32),
-            features=np.asarray(features, dtype=np.float32),
-        )
-        atomic_write_bytes(self.partial / name, buffer.getvalue())
+        shard = {
+            "path": np.array(key),
+            "heads": np.asarray(heads, dtype=np.float32),
+            "features": np.asarray(features, dtype=np.float32),
+        }
+        write_npz(self.partial / name, shard)
         self._done[key] = self.partial / name
         self.failed.pop(key, None)
 
     def fail(self, path: str | Path, reason: str) -> None:
-        self.failed[_absolute(path)] = reason
+        self.failed[path_key(path)] = reason
 
     def finish(self, order: Sequence[str | Path]) -> FeatureSet:
         """Write ``out`` with every finished video, in ``order`` (others after, as found)."""
         rows = self._collect()
-        wanted = [_absolute(p) for p in order]
+        wanted = [path_key(p) for p in order]
         keys = [k for k in wanted if k in rows] + [k for k in rows if k not in set(wanted)]
         if not keys:
             raise FeaturesError(f"{self.out}: no video was scored; nothing written")
@@ -541,10 +530,6 @@ class FeatureWriter:
             with np.load(shard, allow_pickle=False) as data:
                 rows[key] = (np.array(data["heads"]), np.array(data["features"]))
         return rows
-
-
-def _absolute(path: str | Path) -> str:
-    return os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
 __all__ = [

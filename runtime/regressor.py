@@ -18,7 +18,6 @@ file, read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from heke_runtime.errors import HekeError
-from heke_runtime.sidecar import atomic_write_bytes, sha256_file
+from heke_runtime.sidecar import read_npz, sha256_file, write_npz
 
 FORMAT = "heke-regressor/1"
 POOLINGS: tuple[str, ...] = ("mean", "max", "std")
@@ -257,22 +256,14 @@ def save_regressor(
     arrays: dict[str, Any] = {k: np.asarray(weights[k], dtype=np.float32) for k in LAYERS}
     Regressor(layout, arrays, meta)  # refuse to write what could not be loaded back
     arrays["metadata"] = np.array(json.dumps(meta, sort_keys=True))  # a str array: no pickle
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_npz(path, arrays)
     return path
 
 
 def load_regressor(path: str | Path) -> Regressor:
     """Read a regressor written by :func:`save_regressor` (never unpickles)."""
     path = Path(path)
-    if not path.is_file():
-        raise RegressorError(f"{path}: no such regressor file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.array(data[k]) for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise RegressorError(f"{path}: not a regressor .npz ({exc})") from None
+    arrays = read_npz(path, RegressorError, "regressor")
     if "metadata" not in arrays:
         raise RegressorError(f"{path}: no 'metadata' entry (not written by heke?)")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from heke_runtime.errors import HekeError
 from heke_runtime.spec import PreprocessSpec
@@ -96,6 +99,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """``arrays`` as an ``.npz``, written atomically (readers never see half a file)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_npz(
+    path: Path, error: type[HekeError], what: str, kind: str | None = None
+) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, never unpickling; ``error`` says why one cannot be read:
+    "no such <what> file", or "not a <kind> .npz" (``kind`` defaults to ``what``)."""
+    if not path.is_file():
+        raise error(f"{path}: no such {what} file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.array(data[k]) for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise error(f"{path}: not a {kind or what} .npz ({exc})") from None
 
 
 def _current_umask() -> int:
