@@ -46,6 +46,21 @@ def tiny_engine(model_name: str, precision: str = "fp32") -> Path:
     return onnx_from_weights(demo_weights(model_name, tiny=True), folder, precision)
 
 
+def random_regressor(path: Path) -> Path:
+    """A seeded random regressor over the tiny r2p1d engine's 360 features, saved at ``path``
+    (its scores lie near 5)."""
+    from heke_runtime.regressor import save_regressor, upstream_layout
+
+    layout = upstream_layout("r2p1d_HEKE_4", 360)
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.normal(0, 0.1, (128, layout.dim)), "b1": np.zeros(128),
+        "w2": rng.normal(0, 0.1, (32, 128)), "b2": np.zeros(32),
+        "w3": rng.normal(0, 0.1, (1, 32)), "b3": np.full(1, 5.0),
+    }  # fmt: skip
+    return save_regressor(path, layout, weights)
+
+
 @pytest.fixture
 def r2p1d():
     return tiny_engine("r2p1d_HEKE_4")

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the corpus tests need Ray Data (pip install heke[ray])")
@@ -28,9 +27,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from heke_runtime import corpus_store as store  # noqa: E402
 from heke_runtime.corpus import CorpusOptions, CorpusUsageError, read_manifest, run_corpus  # noqa: E402
-from heke_runtime.regressor import save_regressor, upstream_layout  # noqa: E402
 from heke_runtime.scorer import Scorer  # noqa: E402
-from tests.test_backends import tiny_engine  # noqa: E402
+from tests.test_backends import random_regressor, tiny_engine  # noqa: E402
 from tests.videos import corrupt_file, make_audio, make_video, truncate_file  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -86,14 +84,7 @@ def corpus(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def regressor(tmp_path_factory) -> Path:
     """A random regressor over the tiny engine's features (the actors load it too)."""
-    layout = upstream_layout("r2p1d_HEKE_4", 360)
-    rng = np.random.default_rng(0)
-    weights = {
-        "w1": rng.normal(0, 0.1, (128, layout.dim)), "b1": np.zeros(128),
-        "w2": rng.normal(0, 0.1, (32, 128)), "b2": np.zeros(32),
-        "w3": rng.normal(0, 0.1, (1, 32)), "b3": np.full(1, 5.0),
-    }  # fmt: skip
-    return save_regressor(tmp_path_factory.mktemp("regressor") / "reg.npz", layout, weights)
+    return random_regressor(tmp_path_factory.mktemp("regressor") / "reg.npz")
 
 
 @pytest.fixture(scope="module")

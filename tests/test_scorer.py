@@ -19,7 +19,7 @@ from heke_runtime.results import HEAD_NAMES
 from heke_runtime.sampling import ShortVideoWarning, clip_plan, pair_plan
 from heke_runtime.scorer import DEFAULT_BATCH_SIZE, Scorer
 from heke_runtime.tolerances import RUNTIME_VS_REFERENCE
-from tests.test_backends import tiny_engine
+from tests.test_backends import random_regressor, tiny_engine
 from tests.videos import make_video, pattern, sample_clip
 
 MODELS = {}
@@ -157,14 +157,7 @@ def test_snippets_carry_times_frames_and_spread(tmp_path):
 
 def test_regressor_scores_and_layout_check(tmp_path):
     engine = tiny_engine("r2p1d_HEKE_4")
-    layout = upstream_layout("r2p1d_HEKE_4", 360)
-    rng = np.random.default_rng(0)
-    weights = {
-        "w1": rng.normal(0, 0.1, (128, layout.dim)), "b1": np.zeros(128),
-        "w2": rng.normal(0, 0.1, (32, 128)), "b2": np.zeros(32),
-        "w3": rng.normal(0, 0.1, (1, 32)), "b3": np.full(1, 5.0),
-    }  # fmt: skip
-    reg_path = save_regressor(tmp_path / "reg.npz", layout, weights)
+    reg_path = random_regressor(tmp_path / "reg.npz")
     video = make_video(tmp_path / "a.mp4", frames=40)
     with Scorer(engine, reg_path, keep_arrays=True) as scorer:
         result = scorer.score(video)
