@@ -206,7 +206,6 @@ class Scorer:
 
     def failure(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
         """The error result of a video whose scoring raised ``exc``."""
-
         elapsed = time.perf_counter() - start
         result = failed(path, error_reason(exc, path), elapsed_s=elapsed)
         return dataclasses.replace(result, engine=self._engine_meta())

@@ -91,7 +91,7 @@ class OnnxRuntimeBackend(BaseBackend):
 
     def _load(self) -> None:
         ort = _import_onnxruntime()
-        requested = choose_providers(self.provider, list(ort.get_available_providers()))
+        requested = self._requested_providers()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; the runtime reports what matters
         if self.threads is not None:
@@ -128,11 +128,15 @@ class OnnxRuntimeBackend(BaseBackend):
         """1 on the CPU provider, where a batch of snippets costs memory and saves no time
         (benchmarks/RESULTS.md, issue 4); None (the caller's default) on GPUs."""
         try:
-            available = list(_import_onnxruntime().get_available_providers())
-            first = choose_providers(self.provider, available)[0]
+            first = self._requested_providers()[0]
         except BackendError:
             return None  # loading will say why
         return 1 if first == PROVIDERS["cpu"] else None
+
+    def _requested_providers(self) -> list[str]:
+        """The providers to ask for, best first, from ``provider`` and this ORT build."""
+        available = list(_import_onnxruntime().get_available_providers())
+        return choose_providers(self.provider, available)
 
     def _provider_options(self, provider: str) -> dict[str, str]:
         if provider in (PROVIDERS["cuda"], PROVIDERS["tensorrt"]):
