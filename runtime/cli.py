@@ -20,7 +20,6 @@ from heke_runtime.backends.torch import DEMO_PREFIX
 from heke_runtime.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     TIMEOUT_HELP,
     echo_problems,
     new_app,
@@ -200,8 +199,7 @@ def run(
             timeout=timeout,
         )
     except HekeError as exc:
-        typer.echo(f"{PROG}: error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        common.failure(PROG, exc)
     results = _run(scorer, items, target, resume, overwrite)
     _report(results, to_stderr=output == "-")
     if plot is not None:
@@ -220,15 +218,13 @@ def _run(
     try:
         writer.__enter__()
     except (HekeError, OSError) as exc:  # an output we may not write or resume is a usage error
-        typer.echo(f"{PROG}: error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        usage_error(str(exc))
     try:
         with scorer:
             typer.echo(f"{PROG}: {_describe(scorer)}", err=True)
             return score_inputs(scorer, items, writer, progress=sys.stderr.isatty())
     except HekeError as exc:  # the engine cannot run, or the output cannot be written
-        typer.echo(f"{PROG}: error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        common.failure(PROG, exc)
     finally:
         writer.__exit__(None, None, None)
 

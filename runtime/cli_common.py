@@ -28,13 +28,13 @@ def new_app(help_text: str | None = None) -> typer.Typer:
 
 def usage_error(prog: str, message: str) -> NoReturn:
     typer.echo(f"{prog}: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(EXIT_USAGE) from None  # callers in an except block: no chained cause
 
 
 def failure(prog: str, message: object) -> NoReturn:
     """Stop with exit status 1 and the reason on one line."""
     typer.echo(f"{prog}: error: {message}", err=True)
-    raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(EXIT_FAILED) from None
 
 
 def size_from_text(text: str | None) -> tuple[int, int] | None:

@@ -270,8 +270,7 @@ def _run(
         usage_error(str(exc))
     except HekeError as exc:
         progress.close()
-        typer.echo(f"{PROG}: error: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        common.failure(PROG, exc)
     progress.close()
     return summary, progress.results
 
