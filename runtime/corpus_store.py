@@ -149,18 +149,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Write ``table`` to ``path`` through a temporary name: the final name is always whole."""
+@contextlib.contextmanager
+def _synced_replacement(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """A file to write that takes ``path``'s place only once it is whole and on disk (a
+    temporary name beside it, fsynced, renamed over it); removed if writing fails."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with tmp.open("wb") as handle:
-            pq.write_table(table, handle)
+        with tmp.open(mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` through a temporary name: the final name is always whole."""
+    with _synced_replacement(path, "wb") as handle:
+        pq.write_table(table, handle)
     _fsync_dir(path.parent)
     return path
 
@@ -343,19 +351,11 @@ def _swap_in(staging: Path, output: Path) -> None:
 
 def write_jsonl(files: Sequence[Path], target: Path) -> None:
     """The records of ``files`` as JSON lines (heke-run's records plus id, label, run_id)."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("w") as out:
-            for path in files:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-                    for row in batch.to_pylist():
-                        out.write(json.dumps(record_from_row(row)) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _synced_replacement(target, "w") as out:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    out.write(json.dumps(record_from_row(row)) + "\n")
 
 
 def read_results(output: Path) -> list[dict[str, Any]]:
