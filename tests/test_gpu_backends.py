@@ -27,7 +27,7 @@ from heke_runtime.scorer import Scorer
 from heke_runtime.sidecar import read_sidecar, sha256_file, write_sidecar
 from heke_runtime.tolerances import FP16_BLIND_SCORE, FP16_MIN_SPEARMAN
 from tests.test_backends import tiny_engine
-from tests.test_tensorrt_api import FEATURES, fake_tensorrt, profile
+from tests.test_tensorrt_api import FEATURES, FakeContext, fake_tensorrt, profile
 from tests.videos import pattern
 
 pytestmark = pytest.mark.gpu
@@ -97,30 +97,10 @@ def test_cuda_graphs_pinned_staging_and_stream():
     np.testing.assert_allclose(first["heads"], eager["heads"], atol=1e-3)
 
 
-class CopyContext:
-    """A stand-in execution context: "inference" copies the first values of each clip to
-    ``heads`` and ``features`` with device-to-device copies on the given stream."""
-
-    def __init__(self, engine):
-        self.engine, self.shapes, self.addresses = engine, {}, {}
-
-    def set_optimization_profile_async(self, index, stream):
-        return True
-
-    def set_input_shape(self, name, shape):
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def infer_shapes(self):
-        return []
-
-    def get_tensor_shape(self, name):
-        batch = self.shapes["clips"][0]
-        return (batch, 4) if name == "heads" else (batch, FEATURES)
-
-    def set_tensor_address(self, name, address):
-        self.addresses[name] = address
-        return True
+class CopyContext(FakeContext):
+    """The CPU tests' stand-in execution context (profile checks included) whose "inference"
+    copies the first values of each clip to ``heads`` and ``features`` with device-to-device
+    copies on the given stream."""
 
     def execute_async_v3(self, stream):
         from cuda.bindings import runtime as cudart
