@@ -40,10 +40,12 @@ from heke_ref.finetune import Part, TrainConfig, train_regressor
 from heke_ref.synthetic import CONTENTS, Distortion, SyntheticConfig, make_synthetic_set
 from heke_runtime.backends.torch import TorchBackend
 from heke_runtime.datasets import load_list
+from heke_runtime.features_io import match_to_list
 from heke_runtime.metrics import srocc
 from heke_runtime.preprocess import load_clips
 from heke_runtime.regressor import Regressor, upstream_layout
 from heke_runtime.results import HEAD_NAMES
+from heke_runtime.scorer import infer_snippets
 from heke_runtime.tolerances import BF16_BLIND_SCORE, FP16_MIN_SPEARMAN
 
 CONTENT_NAMES = ("c01_bbb_full", "c02_bbb_centre", "c04_bbb_bottomright", "c05_bikes_left",
@@ -63,13 +65,6 @@ def video_set(workdir: Path, width: int, height: int) -> list[Path]:
     return sorted((folder / "ref").iterdir()) + sorted((folder / "dis").iterdir())
 
 
-def run_model(backend: Any, clips: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Heads and features of every snippet, ``batch`` snippets at a time."""
-    outputs = [backend.infer({"clips": clips[i : i + batch]}) for i in range(0, len(clips), batch)]
-    heads, features = (np.concatenate([o[k] for o in outputs]) for k in ("heads", "features"))
-    return heads, features
-
-
 def blind_scores(heads: np.ndarray) -> np.ndarray:
     """Mean over snippets of each head, then the ensemble: five numbers."""
     mean = heads.mean(axis=0)
@@ -82,13 +77,13 @@ def regressed_scores(
     """Leave-one-content-out regressors trained on FP32 features; both precisions scored."""
     listing = load_list(videos[0].parent.parent / "synthetic_list_for_VQA.txt")
     # The list holds the distorted videos only (a pristine one has no PSNR).
-    order = {p.resolve(): i for i, p in enumerate(listing.paths())}
-    listed = [i for i, v in enumerate(videos) if v.resolve() in order]
-    rows = [order[videos[i].resolve()] for i in listed]
-    targets, contents = listing.targets()[rows], listing.content_index()[rows]
-    feats = {name: np.stack([per_video[i] for i in listed]) for name, per_video in features.items()}
+    matched = np.asarray(match_to_list([str(v) for v in videos], listing))
+    order = np.argsort(matched)  # train in the videos' order, as the recorded figures did
+    rows = matched[order]
+    targets, contents = listing.targets()[order], listing.content_index()[order]
+    feats = {name: np.stack([per_video[i] for i in rows]) for name, per_video in features.items()}
     layout = upstream_layout(model, feats["fp32"].shape[-1])
-    preds = {name: np.zeros(len(listed)) for name in feats}
+    preds = {name: np.zeros(len(rows)) for name in feats}
     for content in np.unique(contents):
         train, held = contents != content, contents == content
         part = Part(layout.select(feats["fp32"][train]).astype(np.float32), targets[train])
@@ -99,7 +94,7 @@ def regressed_scores(
             preds[name][held] = [regressor.predict(f) for f in x[held]]
     a, b = preds["fp32"], preds[label]
     return {
-        "videos": len(listed),
+        "videos": len(rows),
         "max_abs": round(float(np.abs(b - a).max()), 6),
         "spread_fp32": round(float(a.max() - a.min()), 3),
         "spearman": round(srocc(b, a), 6),
@@ -146,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in videos:
             clips, _, _ = load_clips(path, args.snippets)
             for name, backend in (("fp32", fp32), (label, cand)):
-                heads, feats = run_model(backend, clips, args.batch)
-                scores[name].append(blind_scores(heads))
-                features[name].append(feats)
+                outputs = infer_snippets(backend, {"clips": clips}, args.batch)
+                scores[name].append(blind_scores(outputs["heads"]))
+                features[name].append(outputs["features"])
             diff = np.abs(scores[label][-1] - scores["fp32"][-1]).max()
             fp32_now = np.round(scores["fp32"][-1], 4)
             print(f"{path.name:40s} fp32 {fp32_now} |{label}-fp32| {diff:.2e}")

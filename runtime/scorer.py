@@ -241,13 +241,7 @@ class Scorer:
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All snippets of one video through the backend, ``batch_size`` at a time."""
-        count = next(iter(inputs.values())).shape[0]
-        batches = (
-            {k: v[first : first + self.batch_size] for k, v in inputs.items()}
-            for first in range(0, count, self.batch_size)
-        )
-        outputs = list(run_batches_with(self.backend)(batches))
-        return {name: np.concatenate([o[name] for o in outputs]) for name in ("heads", "features")}
+        return infer_snippets(self.backend, inputs, self.batch_size)
 
     def _sampling(self, video: VideoMeta, shape: tuple[int, ...]) -> Sampling:
         per_snippet = self.sidecar.preprocess.frames_per_snippet
@@ -327,6 +321,19 @@ def decode_video(
             inputs = named_inputs(model, loaded)
     messages = tuple(dict.fromkeys(one_line(m) for m in caught))
     return DecodedVideo(str(path), inputs, info, np.asarray(plan), messages)
+
+
+def infer_snippets(
+    backend: Any, inputs: Mapping[str, np.ndarray], batch_size: int
+) -> dict[str, np.ndarray]:
+    """``heads`` and ``features`` of every snippet of ``inputs``, ``batch_size`` at a time."""
+    count = next(iter(inputs.values())).shape[0]
+    batches = (
+        {k: v[first : first + batch_size] for k, v in inputs.items()}
+        for first in range(0, count, batch_size)
+    )
+    outputs = list(run_batches_with(backend)(batches))
+    return {name: np.concatenate([o[name] for o in outputs]) for name in ("heads", "features")}
 
 
 def named_inputs(model: str, loaded: Any) -> dict[str, np.ndarray]:
@@ -516,5 +523,6 @@ __all__ = [
     "default_batch_size",
     "error_reason",
     "expand_inputs",
+    "infer_snippets",
     "named_inputs",
 ]
