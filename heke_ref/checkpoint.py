@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from heke_ref.registry import MODELS, create_model, model_entry
+from heke_ref.registry import create_model
 from heke_runtime.errors import CheckpointError
+from heke_runtime.files import sha256_file
+from heke_runtime.models import MODELS, model_entry
 
 DEMO_SEED = 20211020
 
@@ -38,14 +40,6 @@ class Weights:
     def describe(self) -> str:
         kind = "DEMO weights (not quality predictions)" if self.demo else "weights"
         return f"{self.model} {kind} from {self.source} (sha256 {self.sha256[:12]})"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_state_dict(state_dict: Mapping[str, Tensor]) -> str:
@@ -126,10 +120,10 @@ def check_state_dict(
 
 
 def _other_model_hint(model_name: str, state_dict: Mapping[str, Tensor]) -> str:
-    prefixes = {"r2p1d_HEKE_4": "resnet.", "resnet_HEKE_4": "spatial."}
-    for other, prefix in prefixes.items():
-        if other != model_name and any(k.startswith(prefix) for k in state_dict):
-            return f" (it looks like a {other} checkpoint)"
+    for other in MODELS.values():
+        prefix = other.checkpoint_prefix
+        if other.name != model_name and any(k.startswith(prefix) for k in state_dict):
+            return f" (it looks like a {other.name} checkpoint)"
     return ""
 
 
@@ -189,7 +183,7 @@ def _frame_like(generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
 
 
 def _calibration_inputs(model_name: str, generator: torch.Generator) -> tuple[Tensor, ...]:
-    if model_name == "r2p1d_HEKE_4":
+    if model_entry(model_name).plan == "snippets":
         # Temporally correlated frames: one image plus small per-frame changes.
         base = _frame_like(generator, (4, 3, 1, 64, 80))
         motion = 0.1 * _frame_like(generator, (4, 3, 8, 64, 80))
@@ -220,7 +214,3 @@ def demo_weights(model_name: str, *, tiny: bool = False, seed: int = DEMO_SEED) 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     source = f"demo seed {seed}" + (" (tiny)" if tiny else "")
     return Weights(model_name, state, sha256_state_dict(state), source, demo=True, tiny=tiny)
-
-
-def known_models() -> tuple[str, ...]:
-    return tuple(MODELS)

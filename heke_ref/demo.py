@@ -9,35 +9,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 import typer
 
 from heke_ref.checkpoint import Weights, demo_weights, load_checkpoint, load_model
-from heke_ref.models import HEAD_NAMES
-from heke_ref.preprocess import reference_clips
+from heke_ref.preprocess import decode_all, reference_clips
 from heke_ref.samples import sample_clip
 from heke_runtime.errors import HekeError
+from heke_runtime.scores import BLIND_NAMES, blind_scores
 
 app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
 
-def decode_all(path: Path) -> list[np.ndarray]:
-    """Every frame as RGB uint8 (fine for a tiny sample clip; the runtime streams instead)."""
-    with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def blind_scores(weights: Weights, path: Path, snippets: int) -> dict[str, float]:
+def clip_scores(weights: Weights, path: Path, snippets: int) -> dict[str, float]:
     frames = decode_all(path)
     height, width = frames[0].shape[:2]
     clips = reference_clips(frames.__getitem__, len(frames), width, height, snippets)
     with torch.no_grad():
-        heads = load_model(weights)(torch.from_numpy(clips)).heads.numpy().mean(axis=0)
-    scores = {name: float(v) for name, v in zip(HEAD_NAMES, heads)}
-    scores["ensemble"] = float(heads.mean())
-    return scores
+        heads = load_model(weights)(torch.from_numpy(clips)).heads.numpy()
+    return {name: float(value) for name, value in blind_scores(heads).items()}
 
 
 @app.command()
@@ -59,9 +49,9 @@ def _run(clips: list[str], weights: Path | None, snippets: int) -> None:
     print(f"model: {loaded.describe()}")
     if loaded.demo:
         print("NOTE: demo weights -- these numbers show the pipeline runs, not video quality.")
-    print(f"{'clip':28} " + " ".join(f"{h:>9}" for h in (*HEAD_NAMES, "ensemble")))
+    print(f"{'clip':28} " + " ".join(f"{h:>9}" for h in BLIND_NAMES))
     for name in clips:
-        scores = blind_scores(loaded, sample_clip(name), snippets)
+        scores = clip_scores(loaded, sample_clip(name), snippets)
         print(f"{name:28} " + " ".join(f"{v:9.4f}" for v in scores.values()))
 
 

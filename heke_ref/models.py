@@ -15,8 +15,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-HEAD_NAMES = ("gmsd", "st_gmsd", "st_rred", "ms_ssim")
-
 
 class HekeOutput(NamedTuple):
     heads: Tensor

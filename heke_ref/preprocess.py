@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import numpy as np
 
 from heke_runtime.sampling import block_scale, clip_plan, pair_plan
@@ -68,6 +69,13 @@ def reference_pairs(
     rgb = np.stack([frame_to_input(frame(int(a)), scale) for a, _ in plan])
     later = np.stack([frame_to_input(frame(int(b)), scale) for _, b in plan])
     return rgb, later - rgb
+
+
+def decode_all(path: Path) -> list[np.ndarray]:
+    """Every frame of a container file as RGB uint8, through FFmpeg's rgb24 conversion as
+    upstream read them (fine for short clips; the runtime streams instead)."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
 def yuv_frame_source(path: Path, width: int, height: int) -> FrameSource:

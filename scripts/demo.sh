@@ -16,7 +16,7 @@ weights=(--demo-weights)
 rm -rf out/demo && mkdir -p out/demo
 "$venv/bin/heke-export" -m r2p1d_HEKE_4 "${weights[@]}" --precision fp32 --out out/demo
 engine=$(ls out/demo/*.fp32.onnx)
-clips=$("$venv/bin/python" -c "from heke_ref.demo import sample_clip as s; print(s('carphone_pristine.mp4'), s('carphone_distorted.mp4'))")
+clips=$("$venv/bin/python" -c "from heke_ref.samples import sample_clip as s; print(s('carphone_pristine.mp4'), s('carphone_distorted.mp4'))")
 # shellcheck disable=SC2086  # two paths without spaces, split on purpose
 "$venv/bin/heke-run" $clips -e "$engine" -o out/demo/scores.jsonl --plot out/demo/timeline.png "$@"
 echo "records: out/demo/scores.jsonl   timelines: out/demo/timeline.png"

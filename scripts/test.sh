@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: makes .venv, installs heke with its dev extras,
-# then runs ruff (lint + format check), mypy and pytest (slow tests included).
+# then runs ruff (lint + format check), mypy, the import contracts of docs/ARCHITECTURE.md
+# (import-linter) and pytest (slow tests included).
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,5 @@ pip install -q -e ".[dev]"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"
+"$venv/bin/lint-imports"
 "$venv/bin/python" -m pytest "$@"

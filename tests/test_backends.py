@@ -20,19 +20,20 @@ import torch
 from heke_ref.checkpoint import demo_weights, load_model
 from heke_runtime.backends import (
     BACKENDS,
-    Backend,
     BackendError,
     BackendUnavailableError,
+    BaseBackend,
     InferenceInputError,
-    OnnxRuntimeBackend,
-    TensorRTBackend,
     backend_name_for,
     open_backend,
 )
-from heke_runtime.backends.tensorrt import GpuInfo, compatibility_problems
+from heke_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from heke_runtime.backends.tensorrt import GpuInfo, TensorRTBackend, compatibility_problems
+from heke_runtime.files import sha256_file
 from heke_runtime.parity import compare
-from heke_runtime.sidecar import SidecarError, read_sidecar, sha256_file, write_sidecar
+from heke_runtime.sidecar import SidecarError, read_sidecar, write_sidecar
 from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32
+from tests.videos import make_video
 
 
 @functools.cache
@@ -86,7 +87,7 @@ def frames(shape, seed=0):
 def test_onnxruntime_matches_torch_r2p1d(r2p1d, hw):
     clips = frames((3, 3, 8, *hw))
     with open_backend(r2p1d) as backend:
-        assert isinstance(backend, Backend) and "CPUExecutionProvider" in backend.device
+        assert isinstance(backend, BaseBackend) and "CPUExecutionProvider" in backend.device
         out = backend.infer({"clips": clips})
     result = compare("ort vs torch", out, reference("r2p1d_HEKE_4", clips), ONNX_FP32)
     assert result, result.report()
@@ -225,7 +226,7 @@ def test_onnxruntime_on_cpu_takes_one_snippet_per_call_without_memory_pattern(r2
     import onnxruntime
 
     # On CPU a batch costs memory, not time, and the memory pattern only adds memory
-    # (benchmarks/RESULTS.md, issue 4); a GPU keeps the caller's default and ORT's options.
+    # (benchmarks/RESULTS.md, memory); a GPU keeps the caller's default and ORT's options.
     assert open_backend(r2p1d, "onnxruntime-cpu").preferred_batch_size == 1
     assert open_backend(r2p1d, "onnxruntime-cuda").preferred_batch_size is None
     real, seen = onnxruntime.InferenceSession, []
@@ -240,3 +241,62 @@ def test_onnxruntime_on_cpu_takes_one_snippet_per_call_without_memory_pattern(r2
     gpu_build = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: gpu_build)
     assert open_backend(r2p1d, "onnxruntime").preferred_batch_size is None
+
+
+PLUGIN = '''
+from heke_runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+
+class EchoBackend(OnnxRuntimeBackend):
+    """An ONNX graph stored under another suffix: a backend from outside heke_runtime."""
+
+    name = "echo"
+    ARTIFACTS = ".echo"
+
+    @staticmethod
+    def claims(artifact):
+        return artifact.endswith(".echo")
+'''
+ENTRY_POINTS = """[heke.backends]
+echo = heke_test_plugin:EchoBackend
+onnxruntime = heke_test_plugin:EchoBackend
+broken = heke_no_such_module:Backend
+"""
+
+
+def test_other_packages_add_backends_through_entry_points(r2p1d, tmp_path):
+    site = tmp_path / "site"
+    info = site / "heke_test_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: heke-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    (site / "heke_test_plugin.py").write_text(PLUGIN)
+    engine = tmp_path / "model.echo"
+    shutil.copy(r2p1d, engine)
+    shutil.copy(r2p1d.with_name(r2p1d.name + ".json"), tmp_path / "model.echo.json")
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    code = f"""
+import sys
+sys.path.insert(0, {str(site)!r})
+from heke_runtime.backends import BACKENDS, BackendError, backend_name_for, open_backend
+from heke_runtime.scorer import Scorer
+assert backend_name_for({str(engine)!r}) == "echo"
+assert BACKENDS["onnxruntime"].target.startswith("heke_runtime."), "a plugin replaced a built-in"
+assert backend_name_for("m.onnx") == "onnxruntime"  # a broken plugin breaks nothing else
+try:
+    open_backend({str(engine)!r}, "broken")
+except BackendError as exc:
+    assert "heke_no_such_module" in str(exc), exc
+else:
+    raise SystemExit("the broken plugin opened")
+try:
+    backend_name_for("m.bin")
+except BackendError as exc:
+    assert ".echo" in str(exc), exc  # the plugin's artifacts are listed
+echo = Scorer({str(engine)!r}, workers=0).score({str(video)!r})
+onnx = Scorer({str(r2p1d)!r}, workers=0).score({str(video)!r})
+assert echo.ok and echo.engine.backend == "echo", echo
+assert echo.scores == onnx.scores, (echo.scores, onnx.scores)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

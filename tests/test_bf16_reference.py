@@ -1,21 +1,21 @@
 """The BF16 CPU backend and heke-bench's accuracy reference on the shared reference weights
 (full-size R(2+1)D with calibrated BatchNorm), loaded as an authors'-format checkpoint.
 
-BF16 per-video blind scores must be within the FP16 tolerance of DESIGN.md. The "videos" are
-20 crops of the two real snippets of the reference file (two clips each), small so that the
-full-size model runs in seconds."""
+BF16 per-video blind scores must be within the FP16 tolerance (docs/ARCHITECTURE.md,
+"Tolerances"). The "videos" are 20 crops of the two real snippets of the reference file (two
+clips each), small so that the full-size model runs in seconds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+
 from heke_bench.cli import main as bench_main
 from heke_bench.inputs import load_weights
 from heke_bench.measure import reference_outputs
-
+from heke_export.torch_backend import TorchBackend, cpu_bf16_support
 from heke_ref.checkpoint import load_model, load_reference_weights, save_checkpoint
-from heke_runtime.backends.torch import TorchBackend, cpu_bf16_support
 from heke_runtime.tolerances import BF16_BLIND_SCORE, REFERENCE_VS_UPSTREAM
 from tests.conftest import reference_file
 
@@ -68,4 +68,5 @@ def test_bf16_blind_scores_on_the_reference_weights(reference):
     assert diff.max() <= BF16_BLIND_SCORE.atol, diff.max(axis=0)
     # No Spearman assertion: these seeded weights score every crop within ~0.01 of each other,
     # and BF16's ~3e-4 errors swap neighbours (Spearman 0.99-0.999; FP16 would keep the
-    # order): a known miss, recorded in benchmarks/RESULTS.md (issue 5), not a regression.
+    # order): a known miss, recorded in benchmarks/RESULTS.md (Throughput, Targets), not a
+    # regression.

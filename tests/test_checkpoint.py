@@ -13,9 +13,9 @@ from heke_ref.checkpoint import (
     load_model,
     load_reference_weights,
     save_checkpoint,
-    sha256_file,
 )
 from heke_runtime.errors import CheckpointError, HekeError
+from heke_runtime.files import sha256_file
 from tests.conftest import reference_file
 
 

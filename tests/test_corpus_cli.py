@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from heke_runtime.corpus import RAY_EXTRA
-from heke_runtime.corpus_cli import main
+from heke_corpus.cli import main
+from heke_corpus.run import RAY_EXTRA
 
 
 def run(capsys, *args):
@@ -77,7 +77,7 @@ def test_an_output_file_is_not_a_folder(tmp_path, capsys, engine):
 
 def test_an_output_with_results_needs_resume_or_overwrite(tmp_path, capsys):
     pytest.importorskip("ray", reason="checked after Ray is found (heke[ray])")
-    from heke_runtime import corpus_store as store
+    from heke_corpus import store
     from heke_runtime.results import failed
     from tests.test_backends import tiny_engine
 
@@ -102,7 +102,7 @@ class FakeRay:
 
 
 def test_plans_put_one_engine_per_gpu_and_cpu_actors_elsewhere():
-    from heke_runtime.corpus import CorpusError, CorpusOptions, compute_plan
+    from heke_corpus.run import CorpusError, CorpusOptions, compute_plan
     from heke_runtime.scorer import Scorer
     from tests.test_backends import tiny_engine
 
@@ -134,7 +134,7 @@ def test_plans_put_one_engine_per_gpu_and_cpu_actors_elsewhere():
 def test_actors_use_their_own_backends_batch_size_unless_asked():
     # A CPU driver must not fix the batch size of GPU actors; heke-run's default is the
     # backend's, and records equal heke-run's only with the same batches.
-    from heke_runtime.corpus import CorpusOptions, _actor_config, compute_plan
+    from heke_corpus.run import CorpusOptions, _actor_config, compute_plan
     from heke_runtime.scorer import Scorer
     from tests.test_backends import tiny_engine
 
@@ -147,7 +147,7 @@ def test_actors_use_their_own_backends_batch_size_unless_asked():
 
 def test_the_timeout_reaches_the_decode_tasks_as_plain_data():
     pytest.importorskip("pyarrow", reason="the corpus stages need pyarrow (heke[ray])")
-    from heke_runtime.corpus import CorpusOptions, CorpusUsageError, _actor_config, compute_plan
+    from heke_corpus.run import CorpusOptions, CorpusUsageError, _actor_config, compute_plan
     from heke_runtime.scorer import Scorer
     from tests.test_backends import tiny_engine
 

@@ -25,8 +25,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from heke_runtime import corpus_store as store  # noqa: E402
-from heke_runtime.corpus import CorpusOptions, CorpusUsageError, read_manifest, run_corpus  # noqa: E402
+from heke_corpus import store  # noqa: E402
+from heke_corpus.run import CorpusOptions, CorpusUsageError, read_manifest, run_corpus  # noqa: E402
 from heke_runtime.scorer import Scorer  # noqa: E402
 from tests.test_backends import random_regressor, tiny_engine  # noqa: E402
 from tests.videos import corrupt_file, make_audio, make_video, truncate_file  # noqa: E402
@@ -263,7 +263,7 @@ def test_killed_driver_then_resume_rescores_nothing_finished(
 
     def command(run_id, *extra):
         return [
-            sys.executable, "-m", "heke_runtime.corpus_cli", "--manifest", str(corpus["manifest"]),
+            sys.executable, "-m", "heke_corpus.cli", "--manifest", str(corpus["manifest"]),
             "-e", str(engine), "-o", str(output), "--address", cluster.address, "--actors", "1",
             "--flush-rows", "4", "--regressor", str(regressor), "--run-id", run_id, *extra,
         ]  # fmt: skip

@@ -10,8 +10,8 @@ import pytest
 
 pa = pytest.importorskip("pyarrow", reason="the corpus stages need pyarrow (heke[ray])")
 
-from heke_runtime import corpus_pipeline  # noqa: E402
-from heke_runtime.corpus_pipeline import (  # noqa: E402
+from heke_corpus import pipeline as corpus_pipeline  # noqa: E402
+from heke_corpus.pipeline import (  # noqa: E402
     MAX_ABANDONED,
     finish_decoded,
     input_rows,

@@ -11,9 +11,9 @@ import pytest
 pa = pytest.importorskip("pyarrow", reason="the corpus store needs pyarrow (heke[ray])")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from heke_runtime import corpus_store as store  # noqa: E402
-from heke_runtime.corpus import CorpusError, CorpusUsageError  # noqa: E402
-from heke_runtime.corpus_pipeline import normalise_manifest  # noqa: E402
+from heke_corpus import store  # noqa: E402
+from heke_corpus.pipeline import normalise_manifest  # noqa: E402
+from heke_corpus.run import CorpusError, CorpusUsageError  # noqa: E402
 from heke_runtime.results import (  # noqa: E402
     EngineMeta,
     Sampling,

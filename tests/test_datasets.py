@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heke_runtime.datasets import (
+from heke_finetune.datasets import (
     DatasetListError,
     VideoEntry,
     load_list,

@@ -12,7 +12,7 @@ from onnx.reference import ReferenceEvaluator
 from heke_export.fp16_oracle import Conv, fp16_evaluator
 from heke_export.onnx_export import onnx_model_from_weights
 from heke_export.trt_check import check_tensorrt_compat
-from heke_export.verify import blind_scores, generated_inputs, torch_outputs
+from heke_export.verify import blind_vector, generated_inputs, torch_outputs
 from heke_ref.checkpoint import demo_weights, load_model
 from heke_runtime.parity import compare
 from heke_runtime.tolerances import FP16_BLIND_SCORE
@@ -77,8 +77,8 @@ def test_fp16_graph_stays_finite_when_thw_exceeds_fp16_max(tiny):
     expected = torch_outputs(load_model(weights), inputs)
     scores = compare(
         "fp16 blind scores",
-        {"s": blind_scores(outputs["heads"])},
-        {"s": blind_scores(expected["heads"])},
+        {"s": blind_vector(outputs["heads"])},
+        {"s": blind_vector(expected["heads"])},
         FP16_BLIND_SCORE,
     )
     assert scores, scores.report()

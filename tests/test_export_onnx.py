@@ -13,8 +13,9 @@ import torch
 from heke_export.onnx_export import OPSET, artifact_name, io_spec, onnx_from_weights
 from heke_export.trt_check import HALF
 from heke_export.verify import generated_inputs, torch_outputs
-from heke_export.wrappers import BACKBONES, fold_batchnorm
+from heke_export.wrappers import fold_batchnorm
 from heke_ref.checkpoint import Weights, demo_weights, load_model
+from heke_runtime.models import model_entry
 from heke_runtime.parity import compare
 from heke_runtime.sidecar import read_sidecar, sidecar_path
 from heke_runtime.spec import default_spec
@@ -84,7 +85,7 @@ def test_fp16_graph_puts_backbone_in_fp16_and_statistics_in_fp32(exported, tiny_
     half_convs = [n for n in convs if types[n.input[0]] == onnx.TensorProto.FLOAT16]
     backbone_convs = sum(
         isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))
-        for attr in BACKBONES[tiny_weights.model]
+        for attr in model_entry(tiny_weights.model).backbones
         for m in getattr(load_model(tiny_weights), attr).modules()
     )
     assert len(half_convs) == backbone_convs  # every backbone conv, and only those
@@ -131,7 +132,7 @@ def test_fp32_graph_matches_reference_on_ort_at_odd_size_and_batch(exported, tin
 
 def test_batchnorm_folding_keeps_float32_outputs(tiny_weights):
     model = load_model(tiny_weights)
-    attr = BACKBONES[tiny_weights.model][0]
+    attr = model_entry(tiny_weights.model).backbones[0]
     backbone = getattr(model, attr)
     example = generated_inputs(tiny_weights.model, 2, 40, 56)
     x = torch.from_numpy(next(iter(example.values())))

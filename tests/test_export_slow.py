@@ -15,7 +15,7 @@ from heke_runtime.parity import compare
 from heke_runtime.tolerances import ONNX_FP32
 from tests.conftest import REFERENCE_DIR, reference_file
 
-# Issue 3: full r2p1d export and verify under 3 minutes on the 2-core CI machine. Checked on
+# Target: full r2p1d export and verify under 3 minutes on the 2-core CI machine. Checked on
 # the process CPU time: on an idle machine the wall time is at most that (the work runs on at
 # least one core), and unlike wall time it does not grow when other jobs share the machine.
 BUDGET_S = 180

@@ -19,7 +19,7 @@ from heke_export.trt_build import (
     tensorrt_logger,
     tensorrt_major,
 )
-from heke_export.verify import blind_scores, generated_inputs, torch_outputs
+from heke_export.verify import blind_vector, generated_inputs, torch_outputs
 from heke_ref.checkpoint import demo_weights, load_model
 from heke_runtime.parity import compare
 from heke_runtime.sampling import model_input_size
@@ -94,8 +94,8 @@ def test_plan_from_onnx_builds_a_strongly_typed_engine_that_matches_the_referenc
     assert all(np.isfinite(v).all() for v in outputs.values())
     result = compare(
         "tensorrt fp16 blind scores",
-        {"s": blind_scores(outputs["heads"])},
-        {"s": blind_scores(expected["heads"])},
+        {"s": blind_vector(outputs["heads"])},
+        {"s": blind_vector(expected["heads"])},
         FP16_BLIND_SCORE,
     )
     assert result, result.report()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from heke_ref.finetune_cli import eval_app
-from heke_runtime.datasets import load_list, normalise_scores
-from heke_runtime.evaluate import EvaluationError, blind_from_features, blind_from_results
-from heke_runtime.features_io import (
+from heke_finetune.cli import eval_app
+from heke_finetune.datasets import load_list, normalise_scores
+from heke_finetune.evaluate import EvaluationError, blind_from_features, blind_from_results
+from heke_finetune.features import (
     FeaturesError,
     FeatureSet,
     FeatureWriter,

@@ -15,7 +15,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from heke_ref.finetune import (
+from heke_finetune.cli import finetune_app
+from heke_finetune.datasets import load_list
+from heke_finetune.features import FeatureSet, save_features
+from heke_finetune.splits import (
+    SplitError,
+    authors_test_sets,
+    content_splits,
+    ivc_ic_test_sets,
+    training_split,
+)
+from heke_finetune.train import (
     FinetuneError,
     TrainConfig,
     cross_dataset,
@@ -25,16 +35,6 @@ from heke_ref.finetune import (
     prepare,
     train_regressor,
 )
-from heke_ref.finetune_cli import finetune_app
-from heke_ref.splits import (
-    SplitError,
-    authors_test_sets,
-    content_splits,
-    ivc_ic_test_sets,
-    training_split,
-)
-from heke_runtime.datasets import load_list
-from heke_runtime.features_io import FeatureSet, save_features
 from heke_runtime.regressor import RegressorError, load_regressor
 from heke_runtime.tolerances import REGRESSOR
 

@@ -2,7 +2,7 @@
 
 - The torch CUDA backend in FP16 (the FP16 engine's numerics contract) against its FP32 on 20
   generated videos: per-video blind scores within ``FP16_BLIND_SCORE`` and Spearman rank
-  correlation at least ``FP16_MIN_SPEARMAN`` (DESIGN.md, parity table).
+  correlation at least ``FP16_MIN_SPEARMAN`` (docs/ARCHITECTURE.md, "Tolerances").
 - Its CUDA graphs, pinned staging buffers and private stream.
 - The TensorRT backend's CUDA plumbing (pinned buffers, three streams, events, double
   buffering) with real cuda.bindings and a stand-in engine whose "inference" is device-to-device
@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 import torch
 
+from heke_export.torch_backend import TorchBackend
 from heke_export.verify import generated_inputs
-from heke_runtime.backends import TensorRTBackend, TorchBackend
 from heke_runtime.backends import tensorrt as trt_backend
-from heke_runtime.results import HEAD_NAMES
+from heke_runtime.backends.tensorrt import TensorRTBackend
+from heke_runtime.files import sha256_file
+from heke_runtime.models import HEAD_NAMES
 from heke_runtime.scorer import Scorer
-from heke_runtime.sidecar import read_sidecar, sha256_file, write_sidecar
+from heke_runtime.sidecar import read_sidecar, write_sidecar
 from heke_runtime.tolerances import FP16_BLIND_SCORE, FP16_MIN_SPEARMAN
 from tests.test_backends import tiny_engine
 from tests.test_tensorrt_api import FEATURES, FakeContext, fake_tensorrt, profile

@@ -1,4 +1,4 @@
-"""NumPy SROCC/KROCC/PLCC/RMSE equal scipy.stats' (scipy is used here only, never at run time)."""
+"""SROCC/KROCC/PLCC/RMSE are the authors' scipy.stats numbers, behind one input check."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from heke_finetune.metrics import MetricsError, evaluate, krocc, plcc, rmse, srocc
 from heke_runtime.errors import HekeError
-from heke_runtime.metrics import MetricsError, evaluate, krocc, plcc, rankdata, rmse, srocc
 from heke_runtime.tolerances import METRICS
 
 
@@ -51,11 +51,6 @@ def test_single_functions_agree_with_evaluate():
     assert (srocc(x, y), krocc(x, y), plcc(x, y), rmse(x, y)) == (m.srocc, m.krocc, m.plcc, m.rmse)
 
 
-def test_rankdata_averages_ties_like_scipy():
-    values = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], dtype=float)
-    np.testing.assert_array_equal(rankdata(values), stats.rankdata(values))
-
-
 def test_constant_input_is_nan_like_scipy():
     x, y = np.ones(5), np.arange(5.0)
     m = evaluate(x, y)
@@ -84,10 +79,16 @@ def test_kendall_is_fast_on_large_sets():
     assert abs(krocc(x, y) - stats.kendalltau(x, y)[0]) <= METRICS.atol
 
 
-def test_runtime_metrics_import_without_scipy():
+def test_metrics_evaluation_and_features_import_without_torch_or_scipy():
     code = (
         "import sys; sys.modules['scipy'] = None\n"
-        "import heke_runtime.metrics, heke_runtime.evaluate, heke_runtime.features_io\n"
-        "assert 'torch' not in sys.modules"
+        "import heke_finetune.metrics, heke_finetune.evaluate, heke_finetune.features\n"
+        "assert 'torch' not in sys.modules\n"
+        "try:\n"
+        "    heke_finetune.metrics.srocc([1.0, 2.0], [2.0, 1.0])\n"
+        "except heke_finetune.metrics.MetricsError as exc:\n"
+        "    assert \"pip install 'heke[finetune]'\" in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('no error without scipy')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from heke_ref.checkpoint import load_model, load_reference_weights
-from heke_ref.models import HEAD_NAMES
 from heke_ref.registry import create_model
+from heke_runtime.models import HEAD_NAMES
 from heke_runtime.parity import compare
 from heke_runtime.tolerances import REFERENCE_VS_UPSTREAM
 from tests.conftest import reference_file

@@ -13,14 +13,14 @@ import torch
 from heke_ref.checkpoint import demo_weights, load_model
 from heke_ref.preprocess import reference_clips, reference_pairs
 from heke_runtime.decode import probe_video, read_frames
+from heke_runtime.models import HEAD_NAMES
 from heke_runtime.parity import compare
 from heke_runtime.regressor import RegressorError, save_regressor, upstream_layout
-from heke_runtime.results import HEAD_NAMES
 from heke_runtime.sampling import ShortVideoWarning, clip_plan, pair_plan
 from heke_runtime.scorer import DEFAULT_BATCH_SIZE, Scorer
 from heke_runtime.tolerances import RUNTIME_VS_REFERENCE
 from tests.test_backends import random_regressor, tiny_engine
-from tests.videos import make_video, pattern, sample_clip
+from tests.videos import encoded_times, make_video, pattern, sample_clip
 
 MODELS = {}
 
@@ -71,7 +71,7 @@ CODECS = [
         {"codec": "prores_ks", "size": (64, 48), "frames": 40, "pix_fmt": "yuv422p10le"},
     ),
 ]
-# Shapes and timing that must all score (DESIGN.md short-video policy included).
+# Shapes and timing that must all score (the short-video policy of docs/ARCHITECTURE.md included).
 ODD_VIDEOS = [
     ("one-frame.mp4", {"frames": 1, "size": (64, 48)}),
     ("tiny.mp4", {"frames": 12, "size": (32, 24)}),
@@ -216,3 +216,21 @@ def test_short_video_scores_with_a_warning(tmp_path):
         result = scorer.score(video)
     assert result.ok and any("fewer than" in w for w in result.warnings)
     assert all(s.last_frame <= 11 for s in result.snippets)
+
+
+def test_frames_travel_with_their_times_so_nothing_reopens_the_file(tmp_path):
+    path = make_video(tmp_path / "vfr.mkv", frames=60, vfr=True)
+    with Scorer(tiny_engine("r2p1d_HEKE_4"), workers=0, keep_arrays=True) as scorer:
+        whole = scorer.score(path)
+        decoded = scorer.decode(path)
+        path.unlink()  # after decoding, scoring must not need the file again
+        result = scorer.result(decoded, scorer.infer(decoded.inputs), 0.0)
+    assert whole.ok and result.ok, (whole.error, result.error)
+    assert result.snippets == whole.snippets and result.video == whole.video
+    assert result.sampling == whole.sampling and result.scores == whole.scores
+    times = encoded_times(60, vfr=True)
+    plan = decoded.plan
+    for snippet, row in zip(result.snippets, plan):
+        assert (snippet.first_frame, snippet.last_frame) == (row[0], row[-1])
+        assert snippet.start_s == pytest.approx(float(times[row[0]]), abs=1e-6)
+        assert snippet.end_s == pytest.approx(float(times[row[-1] + 1]), abs=1e-6)

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from heke_ref.finetune import TrainConfig, export_regressor, fit, intra_dataset
-from heke_ref.finetune_cli import eval_app, features_app, finetune_app, synthetic_app
-from heke_ref.synthetic import MANIFEST_NAME, SMALL, SyntheticError, make_synthetic_set
-from heke_runtime.datasets import load_list
-from heke_runtime.evaluate import blind_from_features
-from heke_runtime.features_io import load_features, save_features
+from heke_finetune.cli import eval_app, features_app, finetune_app, synthetic_app
+from heke_finetune.datasets import load_list
+from heke_finetune.evaluate import blind_from_features
+from heke_finetune.features import load_features, save_features
+from heke_finetune.synthetic import MANIFEST_NAME, SMALL, SyntheticError, make_synthetic_set
+from heke_finetune.train import TrainConfig, export_regressor, fit, intra_dataset
 from heke_runtime.parity import compare
 from heke_runtime.regressor import load_regressor
 from heke_runtime.results import load_results

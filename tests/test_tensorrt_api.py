@@ -30,7 +30,8 @@ from heke_runtime.backends.tensorrt import (
     choose_profile,
     split_batch,
 )
-from heke_runtime.sidecar import SidecarError, read_sidecar, sha256_file, write_sidecar
+from heke_runtime.files import sha256_file
+from heke_runtime.sidecar import SidecarError, read_sidecar, write_sidecar
 from tests.test_backends import tiny_engine
 
 FEATURES = 360  # the tiny r2p1d's feature width

@@ -7,21 +7,20 @@ import numpy as np
 import pytest
 import torch
 
+from heke_export.torch_backend import TorchBackend, cpu_bf16_support, parse_demo, resolve
 from heke_export.verify import generated_inputs
 from heke_ref.checkpoint import demo_weights, load_model, save_checkpoint
 from heke_runtime.backends import (
     BackendError,
     BackendUnavailableError,
-    TorchBackend,
     backend_name_for,
     open_backend,
 )
-from heke_runtime.backends.torch import cpu_bf16_support, parse_demo, resolve
 from heke_runtime.cli import main
+from heke_runtime.files import sha256_file
+from heke_runtime.models import HEAD_NAMES
 from heke_runtime.parity import compare
-from heke_runtime.results import HEAD_NAMES
 from heke_runtime.scorer import Scorer
-from heke_runtime.sidecar import sha256_file
 from heke_runtime.tolerances import BF16_BLIND_SCORE, RUNTIME_VS_REFERENCE, TORCH_FP32
 from tests.test_backends import tiny_engine
 from tests.videos import make_video

@@ -57,7 +57,7 @@ class Config:
 def default_labels(gpu: bool) -> list[str]:
     if gpu:
         return ["torch-cuda fp32", "torch-cuda fp16"]
-    from heke_runtime.backends.torch import cpu_bf16_support
+    from heke_export.torch_backend import cpu_bf16_support
 
     bf16 = ["torch-cpu bf16"] if cpu_bf16_support() else []
     return ["onnxruntime-cpu fp32", *bf16, "torch-cpu fp32"]

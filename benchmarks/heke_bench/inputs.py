@@ -51,7 +51,7 @@ def pattern_video(folder: Path, size: tuple[int, int], frames: int, fps: int = 2
 def load_weights(engine: str) -> Any:
     """``heke_ref`` Weights of a ``demo:`` spelling or an r2p1d checkpoint (the torch
     backend's rules)."""
-    from heke_runtime.backends.torch import load_weights as backend_weights
+    from heke_export.torch_backend import load_weights as backend_weights
 
     weights = backend_weights(engine)
     if weights.model != "r2p1d_HEKE_4":

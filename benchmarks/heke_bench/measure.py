@@ -46,12 +46,13 @@ def model_gflop(model: str, tiny: bool, height: int, width: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from heke_ref.registry import create_model, model_entry
+    from heke_ref.registry import create_model
+    from heke_runtime.models import model_entry
 
-    shape = (1, 3, 8, height, width) if model == "r2p1d_HEKE_4" else (1, 3, height, width)
+    entry = model_entry(model)
     with torch.device("meta"):
         net = create_model(model, tiny=tiny)
-        inputs = [torch.zeros(shape) for _ in model_entry(model).inputs]
+        inputs = [torch.zeros(entry.input_shape(1, height, width)) for _ in entry.inputs]
     with FlopCounterMode(display=False) as counter:
         net(*inputs)
     return float(counter.get_total_flops()) / 1e9
@@ -73,7 +74,7 @@ def reference_outputs(weights: Any, inputs: dict[str, np.ndarray]) -> dict[str, 
     import torch
 
     from heke_ref.checkpoint import load_model
-    from heke_ref.registry import model_entry
+    from heke_runtime.models import model_entry
 
     net = load_model(weights)
     with torch.inference_mode():

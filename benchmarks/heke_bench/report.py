@@ -1,4 +1,4 @@
-"""Targets of issue 5, the printed summary and the PNG chart."""
+"""The throughput targets (benchmarks/RESULTS.md), the printed summary and the PNG chart."""
 
 from __future__ import annotations
 

@@ -1,0 +1,706 @@
+"""Video decoding for the runtime: PyAV (FFmpeg) for container files, raw yuv420p for ``.yuv``.
+
+Frame numbering
+    Frame ``i`` is the ``i``-th picture FFmpeg's decoder outputs: display (presentation) order,
+    B-frame reordering undone, frames that an MP4/MOV edit list hides left out, every frame of
+    a variable-frame-rate video counted once (frames are counted, not resampled to a rate).
+    That is the sequence the authors' readers (FFmpeg CLI / OpenCV) delivered.
+
+Frame count (exact)
+    ``probe_video`` demuxes the whole file once without decoding (no pixel work, so it costs
+    about as much as reading the file) and indexes the presentation timestamps of the video
+    packets, skipping empty packets and packets the demuxer marks as discarded (edit lists).
+    For every codec and container we tested, one packet is one displayed frame and the sorted
+    timestamps are the display order (``tests/test_decode_count.py`` compares this with a full
+    decode). ``probe_video`` counts by decoding instead (``count_method == "decode"``) when a
+    packet has no timestamp (raw ``.h264``/``.hevc`` streams), two packets share one, or the
+    stream does not start with a keyframe (a transport stream cut in mid-GOP: the decoder drops
+    the frames before the first keyframe); ``count="decode"`` forces it.
+    The index is checked while decoding at no extra cost: ``read_frames`` compares each
+    decoded frame's timestamp with the index and raises :class:`FrameIndexError` on the first
+    disagreement (a field-coded stream with two packets per frame, frames the decoder drops).
+    :func:`heke_runtime.preprocess.load_clips` then probes again with ``count="decode"`` and
+    samples again. ``read_frames`` checks every frame it decodes, up to the last one asked for.
+
+Seeking
+    With a trusted index (``count_method == "demux"``) ``read_frames`` may jump over frames
+    it does not need: it seeks to the last keyframe shown at or before a requested frame when
+    that skips at least :data:`SEEK_MIN_SKIP` frames, decodes from there and recognises each
+    frame by its timestamp in the index. The seek offset is the keyframe's presentation time
+    (MP4, Matroska), then its decoding time (MPEG-TS/PS search by that); a seek that lands past
+    the frame falls back to decoding from the start. After a seek, frames shown before the
+    keyframe (open-GOP leading pictures, whose references were skipped) may come out damaged
+    or not at all; they are never requested from that seek, so they are dropped, not reported.
+    The frames equal those of sequential decoding (``tests/test_decode_seek.py``: B-frames,
+    open GOPs, VFR, edit lists, MP4/MOV/MKV/WebM/TS).
+
+Rotation
+    The display matrix (MP4/MOV ``tkhd``, Matroska projection, or an H.264/HEVC orientation SEI,
+    as FFmpeg attaches it to the first decoded frame) is applied like the FFmpeg CLI's
+    autorotate: frames are turned to display orientation, mirrored when the matrix mirrors,
+    angles rounded to the nearest multiple of 90 degrees. ``VideoInfo.rotation`` is the
+    clockwise angle applied (0, 90, 180, 270; a phone's portrait clip is usually 90),
+    ``mirrored`` says a horizontal flip followed it, and width/height are the displayed size.
+    The sample aspect ratio is not applied (the authors' frames were not resampled either).
+
+Colour
+    ``frame.to_ndarray(format="rgb24")``: FFmpeg's swscale with the CLI's default ``bicubic``
+    flag (it only matters where chroma is interpolated by the scaler, e.g. 10-bit input;
+    8-bit yuv420p gives the same bytes under every flag). Colour tags on the frame (matrix,
+    range) are honoured; untagged yuv420p is BT.601 limited range, as in the authors' data.
+    Higher bit depths are reduced to 8 bits by that conversion.
+
+Damaged files (policy: a damaged video is an error, never a silent partial score)
+    A file that FFmpeg cannot open, has no video stream or no decodable frame, a packet the
+    demuxer flags as corrupt, a decoder error, a frame the decoder flags as corrupt (error
+    concealment), or a Matroska/WebM file whose packets end well before the duration its header
+    declares (truncated) raises :class:`VideoDecodeError` naming the file, the reason and the
+    frame/time where it was found. The score of a concealed or partial picture is not the
+    model's score of the video, and a lost tail changes the frame plan. Packets are checked
+    over the whole file at probe time, pictures where decoding went (seeking skips some).
+    Repair such files first (e.g. re-mux or re-encode with ffmpeg). A truncated MP4/MOV whose
+    index is at the end cannot be opened at all; an MPEG-TS cut at a packet boundary is a valid
+    shorter stream.
+
+Raw ``.yuv`` files are yuv420p with the size given (``size=(width, height)``), counted from the
+file size; they carry no timing, so ``fps`` defaults to :data:`RAW_FPS` unless given.
+Decoding uses FFmpeg's frame and slice threads (``thread_type = "AUTO"``). Memory is bounded:
+frames are decoded one after another and only requested ones are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from av.sidedata.sidedata import SideData
+
+from heke_runtime.errors import VideoDecodeError
+from heke_runtime.yuv import read_yuv420p_frames, yuv420p_frame_count
+
+RAW_SUFFIXES = frozenset({".yuv"})
+RAW_FPS = 25.0  # nominal rate for raw files, which store none (LIVE-style sets are 25/50 fps)
+# A Matroska file is called truncated when its packets end this far before the declared end.
+TRUNCATION_SLACK_S = 0.5
+TRUNCATION_SLACK_FRACTION = 0.02
+
+# A seek must skip at least this many frames to pay for itself (demuxer seek, decoder flush
+# and restart of its frame threads, frames decoded again from the keyframe on).
+SEEK_MIN_SKIP = 24
+
+CountMethod = Literal["auto", "decode"]
+SeekMode = Literal["auto", "never", "always"]
+
+
+class FrameIndexError(VideoDecodeError):
+    """Decoded frames disagree with the demuxed frame index (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the runtime needs to know about a video; sizes are after rotation.
+
+    ``fps`` is the mean rate over the video (``(num_frames - 1)`` intervals over the span of
+    presentation times) and ``duration_s = num_frames / fps``. ``count_method``: ``"demux"``,
+    ``"decode"`` or ``"raw"`` (from the file size). ``frame_pts`` holds each frame's
+    presentation timestamp in ``time_base`` units, in display order (None when the stream has
+    none, then times are ``index / fps``); ``keyframe_pts``/``keyframe_dts`` the presentation
+    and decoding timestamps of the keyframe packets, where decoding can start after a seek
+    (None when the index is not trusted for seeking).
+    """
+
+    path: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    duration_s: float
+    codec: str
+    pix_fmt: str
+    rotation: int
+    mirrored: bool = False
+    count_method: str = "demux"
+    stream_index: int = 0
+    time_base: Fraction = field(default=Fraction(1), repr=False)
+    frame_pts: np.ndarray | None = field(default=None, repr=False, compare=False)
+    keyframe_pts: np.ndarray | None = field(default=None, repr=False, compare=False)
+    keyframe_dts: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class _Scan:
+    """Result of one demux pass over a container file."""
+
+    pts: list[int | None] = field(default_factory=list)
+    first_frame: av.VideoFrame | None = None
+    data_end_s: float = 0.0
+    starts_with_keyframe: bool = True
+    seen_packet: bool = False
+    keyframes: list[tuple[int, int]] = field(default_factory=list)  # (pts, dts)
+
+
+def probe_video(
+    path: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    fps: float | None = None,
+    count: CountMethod = "auto",
+) -> VideoInfo:
+    """Open, index and check a video; see the module docstring for every rule applied.
+
+    ``size``: ``(width, height)`` of a raw ``.yuv`` file (ignored for container files, which
+    store their size). ``fps``: frame rate of a raw file (default :data:`RAW_FPS`).
+    ``count``: ``"auto"`` (demuxed index, decoding only when it cannot be trusted) or
+    ``"decode"`` (always count by decoding).
+    """
+    if count not in ("auto", "decode"):
+        raise ValueError(f"count must be 'auto' or 'decode', got {count!r}")
+    path = Path(path)
+    _check_file(path)
+    if path.suffix.lower() in RAW_SUFFIXES:
+        return _probe_raw(path, size, fps)
+    with _open(path) as container:  # stream attributes are only valid while it is open
+        stream = _video_stream(container, path)
+        scan = _scan(container, stream, path)
+        _check_truncation(container, scan, path)
+        pts, method = scan.pts, "demux"
+        if count == "decode" or not _index_trusted(scan):
+            pts, method = _decoded_pts(path, stream.index), "decode"
+        info = _info(path, stream, scan.first_frame, pts, method)
+        if method == "demux" and scan.keyframes:
+            keys = np.unique(np.asarray(scan.keyframes, dtype=np.int64), axis=0)
+            info = dataclasses.replace(info, keyframe_pts=keys[:, 0], keyframe_dts=keys[:, 1])
+        return info
+
+
+def read_frames(
+    path: str | Path,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    size: tuple[int, int] | None = None,
+    info: VideoInfo | None = None,
+    seek: SeekMode = "auto",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, rgb)`` for each distinct requested frame, in ascending order.
+
+    ``rgb`` is ``[H, W, 3]`` uint8 in display orientation. Pass the ``info`` of an earlier
+    :func:`probe_video` to avoid probing again. Frames are decoded sequentially from the start
+    and only the requested ones are converted; nothing else is kept. ``seek``: ``"auto"`` jumps
+    to the keyframe before a requested frame when that skips at least :data:`SEEK_MIN_SKIP`
+    frames, ``"never"`` decodes every frame, ``"always"`` seeks whenever it skips any (tests);
+    see "Seeking" in the module docstring. Raises ``ValueError`` for
+    an index outside the video (at the call), :class:`VideoDecodeError` for damaged data and
+    :class:`FrameIndexError` when decoding disagrees with the index (while iterating).
+    """
+    if info is None:
+        info = probe_video(path, size=size)
+    wanted = _wanted(indices, info)
+    if seek not in ("auto", "never", "always"):
+        raise ValueError(f"seek must be 'auto', 'never' or 'always', got {seek!r}")
+    if info.count_method == "raw":
+        width, height = info.width, info.height
+        return read_yuv420p_frames(Path(info.path), width, height, wanted)
+    runs = _seek_runs(info, wanted, seek)
+    if all(keyframe is None for keyframe, _ in runs):
+        return _decode_selected(info, wanted)
+    return _decode_seeking(info, runs)
+
+
+def frame_times(info: VideoInfo, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Presentation times in seconds of frames ``indices``, counted from the first frame."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= info.num_frames):
+        raise ValueError(f"frame indices must lie in 0..{info.num_frames - 1} for {info.path}")
+    if info.frame_pts is None:
+        return idx / info.fps
+    ticks = info.frame_pts[idx] - info.frame_pts[0]
+    return ticks * float(info.time_base)
+
+
+@dataclass(frozen=True)
+class SnippetTimes:
+    """Where each snippet of a frame plan sits: first and last frame, and in seconds from
+    the first frame, when its first frame shows and when its last frame stops showing."""
+
+    first_frame: np.ndarray  # [T] int64
+    last_frame: np.ndarray  # [T] int64
+    start_s: np.ndarray  # [T] float64
+    end_s: np.ndarray  # [T] float64
+
+
+def snippet_times(info: VideoInfo, plan: np.ndarray) -> SnippetTimes:
+    """The times of a ``[T, N]`` frame plan, from the index ``info`` holds (no decoding).
+
+    A snippet ends when the frame after its last one shows (exact for variable frame
+    rates), or one nominal frame later at the end of the video.
+    """
+    first = np.asarray(plan)[:, 0].astype(np.int64)
+    last = np.asarray(plan)[:, -1].astype(np.int64)
+    count = int(info.num_frames)
+    own = np.asarray(frame_times(info, last), dtype=np.float64)
+    following = np.asarray(frame_times(info, np.minimum(last + 1, count - 1)), dtype=np.float64)
+    frame = 1.0 / float(info.fps) if info.fps else 0.0
+    end = np.where(last + 1 < count, following, own + frame)
+    start = np.asarray(frame_times(info, first), dtype=np.float64)
+    return SnippetTimes(first, last, start, end)
+
+
+# --- opening and checking -------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoDecodeError(f"{path}: no such file")
+    if path.is_dir():
+        raise VideoDecodeError(f"{path}: is a directory, not a video file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"{path}: empty file (0 bytes)")
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.InvalidDataError as exc:
+        raise VideoDecodeError(
+            f"{path}: not a video file FFmpeg can read, or damaged/truncated ({_reason(exc)})"
+        ) from exc
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoDecodeError(f"{path}: cannot open: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    # Cover art in audio files is a one-picture "video" stream; it is not a video.
+    streams = [s for s in container.streams.video if not _is_attached_picture(s)]
+    if not streams:
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoDecodeError(f"{path}: no video stream (streams: {', '.join(kinds)})")
+    try:
+        best = container.streams.best("video")
+    except (av.FFmpegError, ValueError):
+        best = None
+    return best if best in streams else streams[0]
+
+
+def _stream_at(container: av.container.InputContainer, index: int) -> av.VideoStream:
+    """The video stream ``index``, set up for threaded decoding (frame and slice threads)."""
+    stream = next(s for s in container.streams.video if s.index == index)
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _is_attached_picture(stream: av.stream.Stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def _damage(path: Path, position: int, seconds: float | None, what: str) -> VideoDecodeError:
+    where = f"frame {position}" + (f" (~{seconds:.2f} s)" if seconds is not None else "")
+    return VideoDecodeError(f"{path}: damaged video data at {where}: {what}")
+
+
+def _scan(container: av.container.InputContainer, stream: av.VideoStream, path: Path) -> _Scan:
+    """Demux every packet once: index the video timestamps, decode only the first frame."""
+    scan = _Scan()
+    try:
+        for packet in container.demux():
+            _track_end(scan, packet)
+            if packet.stream_index != stream.index:
+                continue
+            if packet.is_corrupt:
+                raise _damage(path, len(scan.pts), _seconds(packet), "corrupt packet")
+            if scan.first_frame is None:
+                _decode_first(scan, packet, path)
+            if packet.size and not scan.seen_packet:
+                # Discarded packets count here: an edit list hides a keyframe it decodes from.
+                scan.starts_with_keyframe, scan.seen_packet = packet.is_keyframe, True
+            if packet.size and not packet.is_discard:
+                scan.pts.append(packet.pts)
+                if packet.is_keyframe and packet.pts is not None:
+                    dts = packet.pts if packet.dts is None else packet.dts
+                    scan.keyframes.append((packet.pts, dts))
+    except av.FFmpegError as exc:
+        raise _damage(path, len(scan.pts), None, f"read error ({_reason(exc)})") from exc
+    if not scan.pts:
+        raise VideoDecodeError(f"{path}: the video stream has no frames")
+    if scan.first_frame is None:
+        raise VideoDecodeError(f"{path}: no frame of the video stream could be decoded")
+    return scan
+
+
+def _index_trusted(scan: _Scan) -> bool:
+    """Whether one packet per displayed frame can be assumed (module docstring)."""
+    pts = scan.pts
+    # A stream cut in mid-GOP starts with frames the decoder cannot show and drops.
+    return scan.starts_with_keyframe and None not in pts and len(set(pts)) == len(pts)
+
+
+def _decode_first(scan: _Scan, packet: av.Packet, path: Path) -> None:
+    try:
+        frames = packet.decode()
+    except av.FFmpegError as exc:
+        raise _damage(path, 0, _seconds(packet), f"decoder error ({_reason(exc)})") from exc
+    if frames:
+        scan.first_frame = frames[0]
+
+
+def _seconds(packet: av.Packet) -> float | None:
+    if packet.pts is None or packet.time_base is None:
+        return None
+    return float(packet.pts * packet.time_base)
+
+
+def _track_end(scan: _Scan, packet: av.Packet) -> None:
+    if packet.pts is None or packet.time_base is None or not packet.size:
+        return
+    end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+    scan.data_end_s = max(scan.data_end_s, end)
+
+
+def _check_truncation(container: av.container.InputContainer, scan: _Scan, path: Path) -> None:
+    # Only Matroska/WebM: their header states the duration and their demuxer stops quietly at
+    # a cut (MP4/MOV/AVI cuts already show as corrupt packets or an unreadable index).
+    if "matroska" not in container.format.name or not container.duration:
+        return
+    start = (container.start_time or 0) / av.time_base
+    declared = container.duration / av.time_base
+    found = scan.data_end_s - start
+    slack = max(TRUNCATION_SLACK_S, TRUNCATION_SLACK_FRACTION * declared)
+    if found < declared - slack:
+        raise VideoDecodeError(
+            f"{path}: truncated or damaged: data ends at {found:.2f} s but the header declares "
+            f"{declared:.2f} s"
+        )
+
+
+def _probe_raw(path: Path, size: tuple[int, int] | None, fps: float | None) -> VideoInfo:
+    if size is None:
+        raise VideoDecodeError(
+            f"{path}: a raw .yuv file needs its frame size (size=(width, height), --size WxH)"
+        )
+    width, height = size
+    count = yuv420p_frame_count(path, width, height)
+    rate = RAW_FPS if fps is None else float(fps)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return VideoInfo(
+        str(path), width, height, count, rate, count / rate, "rawvideo", "yuv420p", 0,
+        count_method="raw",
+    )  # fmt: skip
+
+
+# --- counting, timing, orientation ------------------------------------------------------------
+
+
+def _decoded_pts(path: Path, stream_index: int) -> list[int | None]:
+    """Timestamps of every frame the decoder outputs (the exact count, slow path)."""
+    pts: list[int | None] = []
+    with _open(path) as container:
+        stream = _stream_at(container, stream_index)
+        for frame in _decoded(container, stream, path):
+            pts.append(frame.pts)
+    if not pts:
+        raise VideoDecodeError(f"{path}: no frame of the video stream could be decoded")
+    return pts
+
+
+def _info(
+    path: Path,
+    stream: av.VideoStream,
+    first: av.VideoFrame | None,
+    pts: list[int | None],
+    method: str,
+) -> VideoInfo:
+    if first is None:  # _scan raises before this; keeps the type checker informed
+        raise VideoDecodeError(f"{path}: no frame of the video stream could be decoded")
+    time_base = stream.time_base or Fraction(1)
+    known = None if None in pts else np.asarray(pts, dtype=np.int64)
+    if known is not None and method == "demux":
+        known = np.sort(known)  # packets come in decoding order; frames in display order
+    rate = _mean_rate(stream, known, time_base)
+    rotation, mirrored = _orientation(first)
+    width, height = first.width, first.height
+    if rotation % 180:
+        width, height = height, width
+    return VideoInfo(
+        path=str(path),
+        width=width,
+        height=height,
+        num_frames=len(pts),
+        fps=rate,
+        duration_s=len(pts) / rate,
+        codec=stream.codec_context.name,
+        pix_fmt=first.format.name,
+        rotation=rotation,
+        mirrored=mirrored,
+        count_method=method,
+        stream_index=stream.index,
+        time_base=time_base,
+        frame_pts=known,
+    )
+
+
+def _mean_rate(stream: av.VideoStream, pts: np.ndarray | None, time_base: Fraction) -> float:
+    if pts is not None and len(pts) > 1 and pts.max() > pts.min():
+        return float((len(pts) - 1) / ((int(pts.max()) - int(pts.min())) * time_base))
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return RAW_FPS  # a single frame without any rate: only times depend on it
+
+
+def _orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(clockwise degrees, mirrored) that turn this frame to its display orientation."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if not isinstance(side, SideData):
+        return 0, False
+    matrix = np.frombuffer(bytes(side), dtype=np.int32)
+    if matrix.size < 9:
+        return 0, False
+    # FFmpeg's matrix maps (x, y) to (a*x + c*y, b*x + d*y), y pointing down.
+    a, b, c, d = (float(v) for v in matrix[[0, 1, 3, 4]])
+    mirrored = a * d - b * c < 0
+    if mirrored:  # undo the horizontal flip that follows the rotation
+        a, c = -a, -c
+    angle = math.degrees(math.atan2(b, a))
+    rotation = round(angle / 90) * 90 % 360
+    if abs((angle - rotation + 180) % 360 - 180) > 1:
+        warnings.warn(
+            f"display rotation {angle:.1f} degrees is not a multiple of 90; using {rotation}",
+            stacklevel=4,
+        )
+    return rotation, mirrored
+
+
+def _orient(rgb: np.ndarray, info: VideoInfo) -> np.ndarray:
+    if not info.rotation and not info.mirrored:
+        return rgb
+    turned = np.rot90(rgb, k=-(info.rotation // 90))  # rot90 turns counter-clockwise
+    if info.mirrored:
+        turned = turned[:, ::-1]
+    return np.ascontiguousarray(turned)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _wanted(indices: Sequence[int] | np.ndarray, info: VideoInfo) -> list[int]:
+    wanted = sorted({int(i) for i in np.asarray(indices, dtype=np.int64).ravel()})
+    if wanted and (wanted[0] < 0 or wanted[-1] >= info.num_frames):
+        bad = wanted[0] if wanted[0] < 0 else wanted[-1]
+        raise ValueError(f"frame index {bad} is outside 0..{info.num_frames - 1} of {info.path}")
+    return wanted
+
+
+def _decoded(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    path: Path,
+    seeked_to: int | None = None,
+) -> Iterator[av.VideoFrame]:
+    """Every decoded frame in display order; any sign of damage raises.
+
+    After a seek to the keyframe at ``seeked_to`` (pts), frames shown before it (open-GOP
+    leading pictures, whose references were skipped) may fail; they are dropped, not damage.
+    """
+    count = 0
+    for packet in container.demux(stream):
+        early = _before(packet.pts, seeked_to)
+        if packet.is_corrupt:
+            raise _damage(path, count, _seconds(packet), "corrupt packet")
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as exc:
+            if early:
+                continue
+            raise _damage(path, count, _seconds(packet), f"decoder error ({_reason(exc)})") from exc
+        for frame in frames:
+            if frame.is_corrupt:
+                if _before(frame.pts, seeked_to):
+                    continue
+                raise _damage(path, count, frame.time, "frame decoded with errors")
+            count += 1
+            yield frame
+
+
+def _before(pts: int | None, seeked_to: int | None) -> bool:
+    return seeked_to is not None and pts is not None and pts < seeked_to
+
+
+def _decode_selected(info: VideoInfo, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    path = Path(info.path)
+    if not wanted:
+        return
+    with _open(path) as container:
+        stream = _stream_at(container, info.stream_index)
+        target = iter(wanted)
+        next_index = next(target)
+        position = 0
+        for frame in _decoded(container, stream, path):
+            _check_index(info, position, frame)
+            if position == next_index:
+                yield position, _to_rgb(frame, info, position)
+                next_index = next(target, -1)
+                if next_index < 0:
+                    return
+            position += 1
+    raise FrameIndexError(
+        f"{path}: the decoder gave {position} frames, fewer than the {info.num_frames} "
+        "the index counted"
+    )
+
+
+def _check_index(info: VideoInfo, position: int, frame: av.VideoFrame) -> None:
+    if info.frame_pts is None or frame.pts is None:
+        return
+    if position >= len(info.frame_pts) or int(info.frame_pts[position]) != frame.pts:
+        expected = (
+            f"{float(info.frame_pts[position] * info.time_base):.3f} s"
+            if position < len(info.frame_pts)
+            else "no frame"
+        )
+        raise FrameIndexError(
+            f"{info.path}: decoded frame {position} is at {float(frame.pts * info.time_base):.3f}"
+            f" s but the demuxed index has {expected} there"
+        )
+
+
+def _to_rgb(frame: av.VideoFrame, info: VideoInfo, position: int) -> np.ndarray:
+    coded = (info.height, info.width) if info.rotation % 180 else (info.width, info.height)
+    if (frame.width, frame.height) != coded:
+        raise VideoDecodeError(
+            f"{info.path}: frame {position} is {frame.width}x{frame.height} but the video "
+            f"started at {coded[0]}x{coded[1]}; size changes are not supported"
+        )
+    rgb = frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+    return _orient(rgb, info)
+
+
+# --- seeking ----------------------------------------------------------------------------------
+
+Run = tuple[int | None, list[int]]  # (display index of the keyframe to seek to, or None; frames)
+
+
+def _seek_runs(info: VideoInfo, wanted: list[int], seek: SeekMode) -> list[Run]:
+    """Group the requested frames into runs, each decoded after one seek (or none)."""
+    keys = _keyframe_indices(info) if seek != "never" else np.empty(0, np.int64)
+    least = 1 if seek == "always" else SEEK_MIN_SKIP
+    runs: list[Run] = []
+    position = 0  # the next frame sequential decoding would reach
+    for target in wanted:
+        before = keys[keys <= target]
+        keyframe = int(before[-1]) if before.size else None
+        if keyframe is not None and keyframe - position >= least:
+            runs.append((keyframe, [target]))
+        elif runs:
+            runs[-1][1].append(target)
+        else:
+            runs.append((None, [target]))
+        position = target + 1
+    return runs
+
+
+def _keyframe_indices(info: VideoInfo) -> np.ndarray:
+    """Display indices of the keyframes, when frames can be identified by timestamp."""
+    pts, keys = info.frame_pts, info.keyframe_pts
+    if info.count_method != "demux" or pts is None or keys is None or not keys.size:
+        return np.empty(0, np.int64)
+    where = np.searchsorted(pts, keys).clip(0, len(pts) - 1)
+    return where[pts[where] == keys]
+
+
+class _Overshoot(Exception):
+    """A seek landed after the frame it was meant to reach."""
+
+
+def _decode_seeking(info: VideoInfo, runs: list[Run]) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode run by run, seeking to each run's keyframe; frames are known by timestamp."""
+    path = Path(info.path)
+    with _open(path) as container:
+        stream = _stream_at(container, info.stream_index)
+        frames: Iterator[av.VideoFrame] | None = None
+        for number, (keyframe, targets) in enumerate(runs):
+            if keyframe is None:
+                frames = frames or _decoded(container, stream, path)
+                yield from _take(frames, targets, info, seeked=False)
+                continue
+            for offset in _seek_offsets(info, keyframe):
+                container.seek(offset, stream=stream, backward=True)
+                frames = _decoded(container, stream, path, seeked_to=_pts_at(info, keyframe))
+                try:
+                    yield from _take(frames, targets, info, seeked=True)
+                    break
+                except _Overshoot:
+                    continue  # nothing of this run was yielded yet: try the next offset
+            else:
+                # No seek landed early enough: decode the rest from the start instead.
+                rest = [t for _, later in runs[number:] for t in later]
+                yield from _decode_seeking(info, [(None, rest)])
+                return
+
+
+def _pts_at(info: VideoInfo, index: int) -> int:
+    assert info.frame_pts is not None  # seeking needs the timestamp index
+    return int(info.frame_pts[index])
+
+
+def _seek_offsets(info: VideoInfo, keyframe: int) -> list[int]:
+    """Where to seek for the keyframe shown as frame ``keyframe``: its presentation time (what
+    MP4 and Matroska seek by), then its decoding time (MPEG-TS/PS seek by that)."""
+    pts = _pts_at(info, keyframe)
+    offsets = [pts]
+    if info.keyframe_pts is not None and info.keyframe_dts is not None:
+        where = int(np.searchsorted(info.keyframe_pts, pts))
+        dts = int(info.keyframe_dts[min(where, len(info.keyframe_dts) - 1)])
+        if dts != pts:
+            offsets.append(dts)
+    return offsets
+
+
+def _take(
+    frames: Iterator[av.VideoFrame], targets: list[int], info: VideoInfo, *, seeked: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode on until every target is yielded; frames are identified by their timestamp.
+
+    A frame past the awaited one means the seek went too far (``seeked``, before the first
+    target) or the decoder skipped a frame the index has (otherwise).
+    """
+    pending = iter(targets)
+    target = next(pending)
+    for frame in frames:
+        index = _index_of(info, frame)
+        if index > target and seeked and target == targets[0]:
+            raise _Overshoot
+        if index > target:
+            raise FrameIndexError(f"{info.path}: frame {target} never came out of the decoder")
+        if index == target:
+            yield index, _to_rgb(frame, info, index)
+            target = next(pending, -1)
+            if target < 0:
+                return
+    if seeked and target == targets[0]:
+        raise _Overshoot  # the seek landed past the target, maybe at the end of the file
+    raise FrameIndexError(f"{info.path}: frame {target} never came out of the decoder")
+
+
+def _index_of(info: VideoInfo, frame: av.VideoFrame) -> int:
+    pts = info.frame_pts
+    assert pts is not None
+    index = int(np.searchsorted(pts, frame.pts)) if frame.pts is not None else len(pts)
+    if index >= len(pts) or pts[index] != frame.pts:
+        raise FrameIndexError(
+            f"{info.path}: the decoder produced a frame (pts {frame.pts}) that the demuxed "
+            "index does not have"
+        )
+    return index

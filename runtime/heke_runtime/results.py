@@ -1,0 +1,458 @@
+"""Typed result records, their JSON lines / CSV writers, and reading them back (resume, plot).
+
+Score scale: the four heads imitate GMSD, ST-GMSD, ST-RRED and MS-SSIM on the DMOS-like scale
+the authors trained on, about 0.5-10, where **higher means more distorted**; ``ensemble`` is
+their mean. A regressor's score (``regressor``) is on the scale of the labels it was fitted to
+(the authors' protocol: ``1 + 8.5*(s - min)/(max - min)``, also higher = worse).
+Scores from demo weights are not quality predictions; such records say ``demo_weights: true``.
+
+Writers append one record per finished video and flush (and fsync) it, so an interrupted run
+keeps everything written so far; ``--resume`` reads the file back and trims a torn last line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+import numpy as np
+
+from heke_runtime.errors import HekeError
+from heke_runtime.scores import BLIND_NAMES
+
+REGRESSOR_NAME = "regressor"
+SCALE_NOTE = "DMOS-like, about 0.5-10, higher = more distorted"
+DEMO_NOTE = "demo weights: these scores are not quality predictions"
+
+Status = Literal["ok", "error"]
+
+
+class OutputError(HekeError, ValueError):
+    """The output file cannot be written or resumed."""
+
+
+@dataclass(frozen=True)
+class SnippetScore:
+    """One snippet (or frame pair): where it sits in the video and its scores."""
+
+    index: int
+    start_s: float
+    end_s: float
+    first_frame: int
+    last_frame: int
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    num_frames: int
+    fps: float
+    duration_s: float
+    width: int
+    height: int
+    codec: str = ""
+    pix_fmt: str = ""
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the video was sampled (docs/ARCHITECTURE.md, "Sampling and preprocessing")."""
+
+    model: str
+    num_snippets: int
+    frames_per_snippet: int
+    time_step: int
+    scale: int
+    input_height: int
+    input_width: int
+
+
+@dataclass(frozen=True)
+class EngineMeta:
+    path: str
+    sha256: str
+    kind: str
+    precision: str
+    model: str
+    weights_sha256: str
+    demo_weights: bool
+    backend: str
+    device: str
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """The outcome for one input: scores on success, ``error`` (one line) on failure.
+
+    ``heads [T,4]`` and ``features [T,F]`` are the raw per-snippet engine outputs; they are
+    kept only when the Scorer is asked to (``keep_arrays``) and never written to records.
+    """
+
+    path: str
+    status: Status
+    scores: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    snippets: tuple[SnippetScore, ...] = ()
+    video: VideoMeta | None = None
+    sampling: Sampling | None = None
+    engine: EngineMeta | None = None
+    regressor: dict[str, str] | None = None
+    demo_weights: bool = False
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    elapsed_s: float = 0.0
+    heads: np.ndarray | None = field(default=None, repr=False, compare=False)
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record (no arrays)."""
+        data = {
+            "path": self.path,
+            "status": self.status,
+            "scores": _rounded(self.scores),
+            "spread": _rounded(self.spread),
+            "scale": SCALE_NOTE,
+            "demo_weights": self.demo_weights,
+            "video": _video_dict(self.video) if self.video else None,
+            "sampling": asdict(self.sampling) if self.sampling else None,
+            "engine": asdict(self.engine) if self.engine else None,
+            "regressor": self.regressor,
+            "snippets": [_snippet_dict(s) for s in self.snippets],
+            "warnings": list(self.warnings),
+            "error": self.error,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+        if self.demo_weights:
+            data["note"] = DEMO_NOTE
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VideoResult:
+        """Rebuild a result from a JSON record (or a CSV row turned into one)."""
+
+        def part(kind: type, key: str) -> Any:
+            value = data.get(key)
+            return kind(**value) if isinstance(value, Mapping) else None
+
+        return cls(
+            path=str(data["path"]),
+            status="ok" if data.get("status") == "ok" else "error",
+            scores={k: float(v) for k, v in (data.get("scores") or {}).items()},
+            spread={k: float(v) for k, v in (data.get("spread") or {}).items()},
+            snippets=tuple(_snippet_from(s) for s in data.get("snippets") or ()),
+            video=part(VideoMeta, "video"),
+            sampling=part(Sampling, "sampling"),
+            engine=part(EngineMeta, "engine"),
+            regressor=data.get("regressor"),
+            demo_weights=bool(data.get("demo_weights", False)),
+            warnings=tuple(data.get("warnings") or ()),
+            error=data.get("error"),
+            elapsed_s=float(data.get("elapsed_s") or 0.0),
+        )
+
+
+def failed(path: str | Path, reason: str, *, elapsed_s: float = 0.0) -> VideoResult:
+    return VideoResult(str(path), "error", error=one_line(reason), elapsed_s=elapsed_s)
+
+
+def one_line(reason: str) -> str:
+    """Errors are reported on one line: collapse whitespace and newlines."""
+    return " ".join(str(reason).split()) or "unknown error"
+
+
+def _snippet_dict(snippet: SnippetScore) -> dict[str, Any]:
+    return {
+        "index": snippet.index,
+        "start_s": round(snippet.start_s, 6),
+        "end_s": round(snippet.end_s, 6),
+        "first_frame": snippet.first_frame,
+        "last_frame": snippet.last_frame,
+        **_rounded(snippet.scores),
+    }
+
+
+def _video_dict(video: VideoMeta) -> dict[str, Any]:
+    data = asdict(video)
+    data["fps"], data["duration_s"] = round(video.fps, 6), round(video.duration_s, 6)
+    return data
+
+
+def _rounded(scores: Mapping[str, float]) -> dict[str, float]:
+    """Six decimals: far below the model's precision, and records stay readable."""
+    return {name: round(float(value), 6) for name, value in scores.items()}
+
+
+def _snippet_from(data: Mapping[str, Any]) -> SnippetScore:
+    fixed = ("index", "start_s", "end_s", "first_frame", "last_frame")
+    return SnippetScore(
+        int(data["index"]),
+        float(data["start_s"]),
+        float(data["end_s"]),
+        int(data["first_frame"]),
+        int(data["last_frame"]),
+        {k: float(v) for k, v in data.items() if k not in fixed},
+    )
+
+
+# --------------------------------------------------------------------------- CSV layout
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "path",
+    "status",
+    *BLIND_NAMES,
+    REGRESSOR_NAME,
+    "ensemble_std",
+    "demo_weights",
+    "num_frames",
+    "fps",
+    "duration_s",
+    "width",
+    "height",
+    "codec",
+    "model",
+    "num_snippets",
+    "engine_sha256",
+    "weights_sha256",
+    "error",
+    "snippets",
+)
+
+
+def csv_row(result: VideoResult) -> dict[str, Any]:
+    """One flat row; ``snippets`` holds the per-snippet records as compact JSON."""
+    record = result.to_dict()
+    video, sampling, engine = result.video, result.sampling, result.engine
+    row: dict[str, Any] = {name: result.scores.get(name, "") for name in BLIND_NAMES}
+    row.update(
+        path=result.path,
+        status=result.status,
+        regressor=result.scores.get(REGRESSOR_NAME, ""),
+        ensemble_std=result.spread.get("ensemble", ""),
+        demo_weights=str(result.demo_weights).lower(),
+        num_frames=video.num_frames if video else "",
+        fps=video.fps if video else "",
+        duration_s=video.duration_s if video else "",
+        width=video.width if video else "",
+        height=video.height if video else "",
+        codec=video.codec if video else "",
+        model=sampling.model if sampling else "",
+        num_snippets=sampling.num_snippets if sampling else "",
+        engine_sha256=engine.sha256 if engine else "",
+        weights_sha256=engine.weights_sha256 if engine else "",
+        error=result.error or "",
+        snippets=json.dumps(record["snippets"], separators=(",", ":")),
+    )
+    return row
+
+
+def _record_from_csv(row: Mapping[str, str]) -> dict[str, Any]:
+    scores = {k: float(row[k]) for k in (*BLIND_NAMES, REGRESSOR_NAME) if row.get(k)}
+    spread = {"ensemble": float(row["ensemble_std"])} if row.get("ensemble_std") else {}
+    return {
+        "path": row["path"],
+        "status": row.get("status", "error"),
+        "scores": scores,
+        "spread": spread,
+        "demo_weights": row.get("demo_weights") == "true",
+        "snippets": json.loads(row["snippets"]) if row.get("snippets") else [],
+        "error": row.get("error") or None,
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def output_format(path: Path | None) -> Literal["jsonl", "csv"]:
+    return "csv" if path is not None and path.suffix.lower() == ".csv" else "jsonl"
+
+
+class RecordWriter:
+    """Appends records to a JSON lines or CSV file (``None``: JSON lines on stdout).
+
+    Each ``write`` is flushed and fsynced before it returns, so a crash loses at most the video
+    being scored. ``resume=True`` keeps the existing records (a torn last line is cut off);
+    otherwise an existing non-empty file is refused unless ``overwrite=True``.
+    """
+
+    def __init__(
+        self, path: str | Path | None, *, resume: bool = False, overwrite: bool = False
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.format = output_format(self.path)
+        self.resume = resume
+        self.overwrite = overwrite
+        self._handle: IO[str] | None = None
+        self._csv: Any = None
+        self.done: dict[str, str] = {}  # path key -> status of records already in the file
+
+    def __enter__(self) -> RecordWriter:
+        if self.path is None:
+            self._handle = sys.stdout
+            return self
+        self._prepare()
+        self._handle = self.path.open("a", newline="" if self.format == "csv" else None)
+        if self.format == "csv":
+            self._csv = csv.DictWriter(self._handle, CSV_COLUMNS, lineterminator="\n")
+            if self._handle.tell() == 0:
+                self._csv.writeheader()
+                self._sync()
+        return self
+
+    def _prepare(self) -> None:
+        assert self.path is not None
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: is a directory; give a .jsonl or .csv file")
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and self.resume:
+            trim_torn_line(self.path)
+            self.done = {path_key(r["path"]): str(r.get("status")) for r in read_records(self.path)}
+        elif exists and not self.overwrite:
+            raise OutputError(
+                f"{self.path} already holds results; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        elif exists:
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def has(self, path: str | Path) -> bool:
+        """Whether ``path`` already has a record (resume skips it)."""
+        return path_key(path) in self.done
+
+    def write(self, result: VideoResult) -> None:
+        if self._handle is None:
+            raise OutputError("RecordWriter.write outside its 'with' block")
+        try:
+            if self._csv is not None:
+                self._csv.writerow(csv_row(result))
+            else:
+                self._handle.write(json.dumps(result.to_dict()) + "\n")
+            self._sync()
+        except OSError as exc:
+            raise OutputError(f"{self.path or 'stdout'}: cannot write results ({exc})") from None
+
+    def _sync(self) -> None:
+        assert self._handle is not None
+        self._handle.flush()
+        if self.path is not None:
+            os.fsync(self._handle.fileno())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None and self.path is not None:
+            self._handle.close()
+        self._handle = None
+
+
+def path_key(path: str | os.PathLike[str]) -> str:
+    """How records and inputs are matched on resume: the absolute, normalised path."""
+    return os.path.normpath(os.path.abspath(os.fspath(path)))
+
+
+def trim_torn_line(path: Path) -> None:
+    """Cut a last line that has no newline (a write interrupted mid-record)."""
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete record of a JSON lines or CSV results file (unparsable lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OutputError(f"{path}: no such results file")
+    text = path.read_text()
+    if output_format(path) == "csv":
+        return _read_csv(path, text)
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "path" in record:
+            records.append(record)
+    return records
+
+
+def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        return []
+    if tuple(reader.fieldnames) != CSV_COLUMNS:
+        raise OutputError(f"{path}: its CSV columns are not heke-run's; cannot resume it")
+    return [_record_from_csv(row) for row in reader if row.get("path")]
+
+
+def load_results(path: str | Path) -> list[VideoResult]:
+    return [VideoResult.from_dict(r) for r in read_records(path)]
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _number(value: float | None, width: int = 7) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-".rjust(width)
+    return f"{value:{width}.3f}"
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def format_table(results: Sequence[VideoResult], *, path_width: int = 40) -> str:
+    """A plain-text summary table, one row per video, and a totals line."""
+    with_reg = any(REGRESSOR_NAME in r.scores for r in results)
+    names = [*BLIND_NAMES, *([REGRESSOR_NAME] if with_reg else [])]
+    header = [
+        "video".ljust(path_width),
+        "status",
+        *(n.rjust(8) for n in names),
+        "   ±std",
+        "frames",
+    ]
+    lines = ["  ".join(header)]
+    for result in results:
+        cells = [_short(result.path, path_width).ljust(path_width), result.status.ljust(6)]
+        if result.ok:
+            cells += [_number(result.scores.get(n), 8) for n in names]
+            cells += [_number(result.spread.get("ensemble")), _frames(result)]
+        else:
+            cells.append(result.error or "")
+        lines.append("  ".join(cells))
+    ok = sum(r.ok for r in results)
+    lines.append(f"{ok} scored, {len(results) - ok} failed; scale: {SCALE_NOTE}")
+    if any(r.demo_weights for r in results):
+        lines.append(f"NOTE: {DEMO_NOTE}")
+    return "\n".join(lines)
+
+
+def _frames(result: VideoResult) -> str:
+    return str(result.video.num_frames).rjust(6) if result.video else "-".rjust(6)
+
+
+def summarise(results: Iterable[VideoResult]) -> tuple[int, int]:
+    """``(scored, failed)`` counts."""
+    items = list(results)
+    ok = sum(r.ok for r in items)
+    return ok, len(items) - ok
