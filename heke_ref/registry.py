@@ -26,7 +26,6 @@ BUILDERS: dict[str, Builders] = {
     "r2p1d_HEKE_4": Builders(HekeR2p1d, lambda: HekeR2p1d(TINY_R2P1D)),
     "resnet_HEKE_4": Builders(HekeResnet, lambda: HekeResnet(stages=(8, 16, 32, 64), tiny=True)),
 }
-MODELS: tuple[str, ...] = tuple(BUILDERS)
 
 
 def create_model(name: str, *, tiny: bool = False) -> nn.Module:

@@ -50,7 +50,7 @@ class ModelEntry:
     grouped: tuple[str, ...]
     backbones: tuple[str, ...]
     checkpoint_prefix: str
-    trace_frame: tuple[int, ...]
+    trace_size: tuple[int, int]  # height, width of the small tracing input
     heads: tuple[str, ...] = HEAD_NAMES
 
     def input_dims(self) -> dict[str, list[int | str]]:
@@ -85,7 +85,7 @@ class ModelEntry:
 
     def trace_inputs_shape(self) -> tuple[int, ...]:
         """A small input shape (batch 1) for tracing and BatchNorm folding."""
-        return (1, *self.trace_frame)
+        return self.input_shape(1, *self.trace_size)
 
 
 _R2P1D_STAGES = ("f1", "f2", "f3", "f4")
@@ -104,7 +104,7 @@ MODELS: dict[str, ModelEntry] = {
         grouped=("f4",),  # upstream regroups the top stage of the video backbone
         backbones=("resnet",),
         checkpoint_prefix="resnet.",
-        trace_frame=(3, 8, 32, 32),
+        trace_size=(32, 32),
     ),
     "resnet_HEKE_4": ModelEntry(
         name="resnet_HEKE_4",
@@ -119,7 +119,7 @@ MODELS: dict[str, ModelEntry] = {
         grouped=(),
         backbones=("spatial", "temporal"),
         checkpoint_prefix="spatial.",
-        trace_frame=(3, 64, 64),
+        trace_size=(64, 64),
     ),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
