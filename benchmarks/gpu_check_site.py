@@ -11,6 +11,7 @@ package comes from outside this checkout or a backend is missing.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ MODULES = (
     "heke_finetune",
     "heke_bench",
 )
+# Modules some GPU tests take through tests/conftest.py's require (they fail there, naming
+# the module, when absent): listed here so the log says up front which are present.
+OPTIONAL = ("cuda.bindings", "tensorrt")
 
 
 def write_dist_info(site: Path, repo: Path) -> Path:
@@ -48,6 +52,14 @@ def write_dist_info(site: Path, repo: Path) -> Path:
     return info
 
 
+def present(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it; a missing parent: no)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def check_imports(repo: Path) -> None:
     for name in MODULES:
         module = importlib.import_module(name)
@@ -55,6 +67,8 @@ def check_imports(repo: Path) -> None:
         print(f"{name:14s} {getattr(module, '__version__', ''):12s} {where}")
         if name.startswith("heke_") and not Path(where).resolve().is_relative_to(repo):
             sys.exit(f"{name} was imported from outside this checkout: {where}")
+    for name in OPTIONAL:
+        print(f"{name:14s} {'present' if present(name) else 'absent (its GPU tests will fail)'}")
     from heke_runtime.backends import BACKENDS
 
     print("backends:", ", ".join(BACKENDS))

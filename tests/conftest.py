@@ -2,14 +2,17 @@
 
 GPU/TensorRT tests carry ``@pytest.mark.gpu``; they skip with a reason on machines without
 CUDA, unless ``HEKE_REQUIRE_GPU=1`` (set by ``benchmarks/gpu_check.sh``), which turns every
-such skip into a failure so a GPU run cannot pass by skipping.
+such skip into a failure so a GPU run cannot pass by skipping. A GPU test that needs a module
+besides torch (cuda-bindings, TensorRT) takes it through :func:`require`, under the same policy.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -45,6 +48,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if gpu_required():
         pytest.fail("HEKE_REQUIRE_GPU=1 but no CUDA GPU is available to this test")
     pytest.skip("needs a CUDA GPU (HEKE_REQUIRE_GPU=1 makes this a failure instead)")
+
+
+def require(module: str, why: str) -> ModuleType:
+    """``module``, imported for a test that cannot run without it. Missing: the test skips
+    with the reason, or fails naming the module under ``HEKE_REQUIRE_GPU=1``, as a missing
+    GPU does (``pytest.importorskip`` would skip even there)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = f"{module} is missing ({exc}); {why}"
+    if gpu_required():
+        pytest.fail(f"HEKE_REQUIRE_GPU=1 but {missing}")
+    pytest.skip(missing)
 
 
 def reference_file(name: str) -> Path:

@@ -26,7 +26,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from heke_corpus import store  # noqa: E402
+from heke_corpus.pipeline import MAX_ABANDONED  # noqa: E402
 from heke_corpus.run import CorpusOptions, CorpusUsageError, read_manifest, run_corpus  # noqa: E402
+from heke_runtime.pipeline import timeout_reason  # noqa: E402
 from heke_runtime.scorer import Scorer  # noqa: E402
 from tests.test_backends import random_regressor, tiny_engine  # noqa: E402
 from tests.videos import corrupt_file, make_audio, make_video, truncate_file  # noqa: E402
@@ -232,27 +234,52 @@ def test_cluster_records_equal_single_machine_records(
     assert (output / store.RUNS_DIR / "parity" / store.RUN_FILE).is_file()
 
 
+def test_a_decode_past_the_timeout_is_heke_runs_error_record(cluster, engine, corpus, tmp_path):
+    # prepare_batch waits for each decode thread exactly the limit, and no decode finishes
+    # within a microsecond: every video times out. A limit dropped on its way to the decode
+    # tasks would leave them scored.
+    videos = [str(p) for p in corpus["paths"][:3]]
+    output = tmp_path / "out"
+    summary = run_corpus(videos, engine, output, options=CorpusOptions(actors=1, timeout_s=1e-6))
+    timed_out = timeout_reason(1e-6)  # heke-run --timeout's text
+    unread = f"skipped unread: {MAX_ABANDONED} earlier files still decode past --timeout"
+    errors = [r["error"] for r in store.read_results(output)]
+    assert (summary.scored, summary.failed) == (0, 3)
+    assert timed_out in errors and set(errors) <= {timed_out, f"{unread} in this Ray worker"}
+
+
 def test_killed_actor_and_lost_node_lose_nothing(
     cluster, engine, regressor, corpus, reference, tmp_path
 ):
+    output = tmp_path / "out"
     events: list[str] = []
+    # Records of this run the store held committed (part files) when each fault hit: fewer
+    # than all inputs means the run still had work when the actor died and the node went.
+    committed: dict[str, int] = {}
+    pids: dict[str, int] = {}
 
     def sabotage(result):
         done = len(events) + 1
         events.append(result.path)
         if done == 10:  # the engine actor crashes: Ray restarts it, its batches rerun
-            os.kill(wait_for_actor(cluster)[1], signal.SIGKILL)
+            committed["kill"] = len(store.read_ids(store.committed_files(output)))
+            pids["killed"] = wait_for_actor(cluster)[1]
+            os.kill(pids["killed"], signal.SIGKILL)
         if done == 25:  # the node running the (restarted) actor disappears
-            cluster.remove_node(wait_for_actor(cluster)[0], allow_graceful=False)
+            node, pids["restarted"] = wait_for_actor(cluster)
+            committed["removal"] = len(store.read_ids(store.committed_files(output)))
+            cluster.remove_node(node, allow_graceful=False)
             cluster.add_node(num_cpus=1)
 
-    output = tmp_path / "out"
     options = CorpusOptions(regressor=str(regressor), actors=1, flush_rows=8)
     summary = run_corpus(
         [], engine, output, manifest=corpus["manifest"], options=options, on_result=sabotage
     )
-    assert len(events) == len(set(events)) == len(corpus["paths"])
-    assert summary.missing == () and summary.records == len(corpus["paths"])
+    total = len(corpus["paths"])
+    assert 0 < committed["kill"] < committed["removal"] < total, committed
+    assert pids["restarted"] != pids["killed"]  # the kill took: Ray started another actor
+    assert len(events) == len(set(events)) == total
+    assert summary.missing == () and summary.records == total
     assert_complete(output, corpus, reference)
 
 

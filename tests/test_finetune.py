@@ -19,11 +19,13 @@ from heke_finetune.cli import finetune_app
 from heke_finetune.datasets import load_list
 from heke_finetune.features import FeatureSet, save_features
 from heke_finetune.splits import (
+    Split,
     SplitError,
     authors_test_sets,
     content_splits,
     ivc_ic_test_sets,
     training_split,
+    validation_part,
 )
 from heke_finetune.train import (
     FinetuneError,
@@ -111,6 +113,26 @@ def test_too_few_contents_and_wrong_counts_are_refused():
         training_split(1)
     sampled, how = authors_test_sets(40, seed=1)
     assert len(sampled) == 100 and len(set(sampled)) == 100 and "random" in how
+    with pytest.raises(SplitError, match="leave none to train on"):
+        validation_part((5,), seed=0, index=0)
+
+
+def test_max_splits_takes_the_first_splits_and_says_so():
+    every, how = content_splits(10, dataset="LIVE")
+    assert len(every) == 45 and "first" not in how
+    first, how = content_splits(10, dataset="LIVE", max_splits=3)
+    assert first == every[:3] and how.endswith("; the first 3 of them")
+    for cap in (45, 100):  # as many as there are, or more: all of them, nothing cut
+        same, how = content_splits(10, dataset="LIVE", max_splits=cap)
+        assert same == every and "first" not in how
+
+
+def test_the_same_seed_draws_the_same_contents_in_every_version():
+    # Pinned: a published number must be reproducible with a later heke.
+    assert content_splits(10, dataset="LIVE")[0][0] == Split(0, (3, 4, 5, 6, 7, 8), (2, 9), (0, 1))
+    assert training_split(10) == Split(0, (1, 2, 3, 4, 5, 6, 7, 8), (0, 9), ())
+    assert training_split(2) == Split(0, (1,), (0,), ())  # the fewest that leave one to train
+    assert training_split(5, validation=False) == Split(0, (0, 1, 2, 3, 4), (), ())
 
 
 # --------------------------------------------------------------------------- training
@@ -130,6 +152,45 @@ def test_protocol_learns_and_is_deterministic(tmp_path):
     report = first.to_dict()
     assert report["summary"]["toy"]["srocc_q1"] <= report["summary"]["toy"]["srocc_q3"]
     assert json.dumps(report)
+
+
+def test_each_split_trains_on_its_training_contents_only(tmp_path):
+    # The same training, rebuilt here from the split's content ids: equal numbers only if
+    # intra_dataset fed exactly those videos (no test or validation video leaked in).
+    dataset, data = make_dataset(tmp_path)
+    config = TrainConfig(epochs=6, lr=1e-3)
+    report = intra_dataset(data, dataset, config, max_splits=3)
+    prepared = prepare(data, dataset, config)
+    for outcome in report.outcomes:
+        split = outcome.split
+        assert not set(split.test) & (set(split.train) | set(split.validation))
+
+        def videos(contents: tuple[int, ...]) -> np.ndarray:
+            return np.flatnonzero([c in contents for c in prepared.contents])
+
+        result = train_regressor(
+            prepared.part(videos(split.train)),
+            config,
+            batch_size=report.batch_size,
+            validation=prepared.part(videos(split.validation)),
+            tests={"toy": prepared.part(videos(split.test))},
+        )
+        assert outcome.metrics == result.tests["toy"]
+        assert outcome.validation == result.validation
+
+
+def test_validation_selection_never_looks_at_the_test_set(tmp_path):
+    dataset, data = make_dataset(tmp_path)
+    prepared = prepare(data, dataset, QUICK)
+    split = content_splits(6, dataset="toy", seed=QUICK.seed)[0][0]
+    train, val, test = (prepared.part(rows) for rows in split.rows(prepared.contents))
+    result = train_regressor(train, QUICK, batch_size=5, validation=val, tests={"toy": test})
+    by_validation = [e.validation_srocc for e in result.log]
+    chosen = int(np.argmax(by_validation))  # the first of equals, as upstream keeps it
+    assert result.selected_epoch == result.test_epochs["toy"] == chosen
+    assert result.tests["toy"].srocc == pytest.approx(result.log[chosen].test_srocc["toy"])
+    best_on_test = max(e.test_srocc["toy"] for e in result.log)
+    assert best_on_test > result.tests["toy"].srocc  # else this data could not tell them apart
 
 
 def test_oracle_test_is_never_worse_than_the_last_epoch(tmp_path):
@@ -236,7 +297,11 @@ def test_finetune_commands(tmp_path):
         ["intra", str(features), str(listed), *quick, "--max-splits", "2", "--report", str(report)],
     )
     assert ok.exit_code == 0, ok.output
-    assert "split 1: test 1" in ok.output and json.loads(report.read_text())["kind"] == "intra"
+    written = json.loads(report.read_text())
+    assert "split 1: test 1" in ok.output and written["kind"] == "intra"
+    # The default picks the epoch on validation contents; the test set is only reported.
+    assert written["config"]["select_epoch"] == "validation" and "optimistic" not in ok.output
+    assert all(o["validation"] is not None for o in written["outcomes"])
     out = tmp_path / "reg.npz"
     fitted = runner.invoke(
         finetune_app, ["fit", str(features), str(listed), *quick, "-o", str(out)]

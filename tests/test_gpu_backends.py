@@ -1,5 +1,9 @@
-"""GPU checks (``benchmarks/gpu_check.sh`` runs them with ``HEKE_REQUIRE_GPU=1``).
+"""GPU checks (``benchmarks/gpu_check.sh`` runs the ``gpu``-marked ones with
+``HEKE_REQUIRE_GPU=1``).
 
+- Every CUDA path of the torch backend (fp32 and fp16, each with CUDA graphs and eager) row
+  by row, every head and feature, against ``heke_ref`` on the CPU, on odd batches that run
+  padded: a bug both precisions share cannot hide behind an fp16-vs-fp32 comparison.
 - The torch CUDA backend in FP16 (the FP16 engine's numerics contract) against its FP32 on 20
   generated videos: per-video blind scores within ``FP16_BLIND_SCORE`` and Spearman rank
   correlation at least ``FP16_MIN_SPEARMAN`` (docs/ARCHITECTURE.md, "Tolerances").
@@ -7,6 +11,9 @@
 - The TensorRT backend's CUDA plumbing (pinned buffers, three streams, events, double
   buffering) with real cuda.bindings and a stand-in engine whose "inference" is device-to-device
   copies queued on the compute stream (no TensorRT on the GPU machine).
+
+Unmarked tests run the per-row check itself on the CPU (torch-cpu backend), and show that it
+fails on the outputs a padding or ordering bug gives.
 """
 
 from __future__ import annotations
@@ -20,20 +27,37 @@ import pytest
 import torch
 
 from heke_export.torch_backend import TorchBackend
-from heke_export.verify import generated_inputs
+from heke_export.verify import compare_rows, generated_inputs, torch_outputs
+from heke_ref.checkpoint import demo_weights, load_model
 from heke_runtime.backends import tensorrt as trt_backend
 from heke_runtime.backends.tensorrt import TensorRTBackend
 from heke_runtime.files import sha256_file
 from heke_runtime.models import HEAD_NAMES
 from heke_runtime.scorer import Scorer
 from heke_runtime.sidecar import read_sidecar, write_sidecar
-from heke_runtime.tolerances import FP16_BLIND_SCORE, FP16_MIN_SPEARMAN
+from heke_runtime.tolerances import (
+    FP16_BLIND_SCORE,
+    FP16_MIN_SPEARMAN,
+    FP16_ROW_FEATURES,
+    FP16_ROW_HEADS,
+    TORCH_FP32,
+    Tolerance,
+)
+from tests.conftest import require
 from tests.test_backends import tiny_engine
 from tests.test_tensorrt_api import FEATURES, FakeContext, fake_tensorrt, profile
 from tests.videos import pattern
 
-pytestmark = pytest.mark.gpu
 BLIND = (*HEAD_NAMES, "ensemble")
+TINY = "demo:r2p1d_HEKE_4-tiny"
+# (rows, height, width): the torch backend pads 5 rows to 8 and 3 to 4 (padded_batch), the
+# height is odd, and the third batch replays the first one's captured graph with new clips.
+ROW_BATCHES = ((5, 45, 80), (3, 135, 240), (5, 45, 80))
+ROW_TOLERANCES: dict[str, dict[str, Tolerance]] = {
+    "fp32": {"heads": TORCH_FP32, "features": TORCH_FP32},
+    "fp16": {"heads": FP16_ROW_HEADS, "features": FP16_ROW_FEATURES},
+}
+Arrays = dict[str, np.ndarray]
 
 
 def noisy_video(path: Path, sigma: float, seed: int, size=(64, 48), frames=40) -> Path:
@@ -70,6 +94,7 @@ def blind_scores(videos, precision: str) -> np.ndarray:
     return np.array([[r.scores[name] for name in BLIND] for r in results])
 
 
+@pytest.mark.gpu
 def test_fp16_blind_scores_track_fp32_on_20_videos(videos):
     full, half = blind_scores(videos, "fp32"), blind_scores(videos, "fp16")
     worst = np.abs(half - full).max(axis=1)
@@ -80,6 +105,7 @@ def test_fp16_blind_scores_track_fp32_on_20_videos(videos):
     assert rho >= FP16_MIN_SPEARMAN
 
 
+@pytest.mark.gpu
 def test_cuda_graphs_pinned_staging_and_stream():
     inputs = generated_inputs("r2p1d_HEKE_4", 3, 32, 40)
     with TorchBackend("demo:r2p1d_HEKE_4-tiny", device="cuda", max_graphs=2) as backend:
@@ -97,6 +123,80 @@ def test_cuda_graphs_pinned_staging_and_stream():
     with TorchBackend("demo:r2p1d_HEKE_4-tiny", device="cuda", cuda_graphs=False) as plain:
         eager = plain.infer(inputs)
     np.testing.assert_allclose(first["heads"], eager["heads"], atol=1e-3)
+
+
+def test_a_missing_module_skips_or_fails_naming_itself_under_heke_require_gpu(monkeypatch):
+    monkeypatch.delenv("HEKE_REQUIRE_GPU", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="heke_no_such_module is missing"):
+        require("heke_no_such_module", "a test needs it")
+    monkeypatch.setenv("HEKE_REQUIRE_GPU", "1")
+    with pytest.raises(pytest.fail.Exception, match="HEKE_REQUIRE_GPU=1 but heke_no_such_m"):
+        require("heke_no_such_module", "a test needs it")
+    assert require("numpy", "present").__name__ == "numpy"
+
+
+# --------------------------------------------------------------------------- row by row
+
+
+@pytest.fixture(scope="module")
+def row_cases() -> list[tuple[Arrays, Arrays]]:
+    """Seeded clips of ROW_BATCHES with the reference's outputs: ``heke_ref`` on the CPU in
+    float64 and in its own NCDHW layout, so the oracle shares no padding, channels-last or
+    staging code with the torch backend, and float32's own error does not count."""
+    model = load_model(demo_weights("r2p1d_HEKE_4", tiny=True)).double()
+    cases = []
+    for seed, (rows, height, width) in enumerate(ROW_BATCHES, start=1):
+        inputs = generated_inputs("r2p1d_HEKE_4", rows, height, width, seed=seed)
+        cases.append((inputs, torch_outputs(model, inputs)))
+    return cases
+
+
+def assert_rows_match(label: str, actual: Arrays, expected: Arrays, precision: str) -> None:
+    report = compare_rows(label, actual, expected, ROW_TOLERANCES[precision])
+    assert report, report.text()
+
+
+def test_torch_cpu_rows_match_the_reference_and_a_padding_row_in_place_fails(row_cases):
+    """The per-row check on the CPU: torch-cpu's rows pass; the rows a padding bug would
+    return (a zero padding clip first, every clip one row down, the last dropped) fail on
+    every row and output, even at the looser FP16 tolerances."""
+    inputs, expected = row_cases[1]
+    clips = inputs["clips"]
+    with TorchBackend(TINY, device="cpu", precision="fp32") as backend:
+        outputs = [backend.infer(case) for case, _ in row_cases]
+        padded = backend.infer({"clips": np.concatenate([np.zeros_like(clips[:1]), clips])})
+    for (_, want), got in zip(row_cases, outputs):
+        assert_rows_match("torch-cpu fp32", got, want, "fp32")
+    shifted = {name: value[: len(clips)] for name, value in padded.items()}
+    report = compare_rows("padding row first", shifted, expected, ROW_TOLERANCES["fp16"])
+    assert len(report.results) == 2 * len(clips) and not any(report.results), report.text()
+
+
+def test_rows_out_of_order_fail_the_row_check(row_cases):
+    """Any two clips' rows differ by more than the FP16 tolerances: rows swapped or repeated
+    fail on every row and output."""
+    for _, expected in row_cases:
+        rolled = {name: np.roll(value, 1, axis=0) for name, value in expected.items()}
+        report = compare_rows("rows rolled by one", rolled, expected, ROW_TOLERANCES["fp16"])
+        assert report.results and not any(report.results), report.text()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["graphs", "eager"])
+def test_cuda_rows_match_the_cpu_reference(row_cases, precision, cuda_graphs):
+    """Each CUDA path against the CPU reference, row by row: a bug fp16 and fp32 share
+    (padding, channels-last, staging, a stale graph replay) fails here, where comparing the
+    two precisions with each other would pass it."""
+    backend = TorchBackend(TINY, device="cuda", precision=precision, cuda_graphs=cuda_graphs)
+    with backend:
+        assert ("CUDA graphs" in backend.device) == cuda_graphs
+        outputs = [backend.infer(inputs) for inputs, _ in row_cases]
+        shapes = sorted(dict(key)["clips"] for key in backend.captured_shapes)
+    assert shapes == [(4, 3, 8, 135, 240), (8, 3, 8, 45, 80)]  # padded; the first reused
+    label = f"torch-cuda {precision} {'graphs' if cuda_graphs else 'eager'}"
+    for (_, expected), actual in zip(row_cases, outputs):
+        assert_rows_match(label, actual, expected, precision)
 
 
 class CopyContext(FakeContext):
@@ -126,8 +226,9 @@ def copy_model(clips: np.ndarray) -> dict[str, np.ndarray]:
     return {"heads": flat[:, :4], "features": flat[:, :FEATURES]}
 
 
+@pytest.mark.gpu
 def test_tensorrt_runner_pinned_memory_streams_and_events_on_the_gpu(tmp_path, monkeypatch):
-    cudart = pytest.importorskip("cuda.bindings.runtime", reason="needs cuda-bindings")
+    cudart = require("cuda.bindings.runtime", "the runner's CUDA calls run on real cuda-bindings")
     gpu = trt_backend.Cuda(cudart).gpu(0)
     trt = fake_tensorrt(None, [profile((16, 16), (128, 128), 4)], context_type=CopyContext)
     monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: trt)

@@ -18,7 +18,7 @@ When the weights are a shared reference file, the authors' stored outputs are ch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from heke_runtime.parity import ParityResult, compare
 from heke_runtime.scores import blind_scores
 from heke_runtime.sidecar import Sidecar, read_sidecar
 from heke_runtime.spec import IMAGENET_MEAN, IMAGENET_STD
-from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32
+from heke_runtime.tolerances import FP16_BLIND_SCORE, ONNX_FP32, Tolerance
 
 Arrays = dict[str, np.ndarray]
 Sizes = tuple[tuple[int, int, int], ...]
@@ -151,6 +151,28 @@ def blind_vector(heads: np.ndarray) -> np.ndarray:
     """The blind scores of a batch taken as one video's snippets (the runtime's rule,
     :func:`heke_runtime.scores.blind_scores`), as one vector: four heads, then the ensemble."""
     return np.array([float(value) for value in blind_scores(heads).values()])
+
+
+def compare_rows(
+    label: str, actual: Arrays, expected: Arrays, tolerances: Mapping[str, Tolerance]
+) -> VerifyReport:
+    """Each row of each output named in ``tolerances`` against the same row of ``expected``,
+    one result per row and output: a row that is off (a padding row let in, rows out of
+    order, a stale batch) is named, where a batch mean (:func:`blind_vector`) would hide it."""
+    report = VerifyReport(label)
+    for name, tol in tolerances.items():
+        got, want = actual[name], expected[name]
+        if len(got) != len(want):
+            problem = f"{name}: {len(got)} rows; the reference has {len(want)}"
+            report.problems.append(problem)
+            report.lines.append(f"  FAILED | {label} | {problem}")
+            continue
+        for row in range(len(want)):
+            result = compare(
+                f"{label} | {name} row {row}", {name: got[row]}, {name: want[row]}, tol
+            )
+            _add(report, result)
+    return report
 
 
 Runner = Callable[[Arrays], Arrays]

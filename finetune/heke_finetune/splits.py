@@ -126,8 +126,8 @@ def validation_part(train: tuple[int, ...], *, seed: int, index: int) -> tuple[i
 
 
 def _check_enough(count: int, *, validation: bool) -> None:
-    need = 3 if validation else 2
-    if count < need or held_out(count) < 1:
+    # round(0.2*n) is 0 below 3 contents: nothing could be held out for testing.
+    if held_out(count) < 1:
         parts = "1 test, 1 validation and 1 training" if validation else "1 test and 1 training"
         raise SplitError(
             f"{count} distinct content(s): a content-wise {int(100 - 100 * TEST_FRACTION)}/"

@@ -202,6 +202,12 @@ class _WarningRouter:
                 # "always": the once-per-location registry would hide the next video's warning.
                 warnings.simplefilter("always")
                 warnings.showwarning = self.show
+            elif warnings.showwarning is not self.show:
+                # Swapped while a capture was active (a decode abandoned past --timeout still
+                # holds one, and the caller's code, e.g. a test harness, set its own hook):
+                # route again, passing other threads' warnings to the new hook.
+                self.passthrough = warnings.showwarning
+                warnings.showwarning = self.show
             self.active += 1
         outer, self.local.sink = getattr(self.local, "sink", None), sink
         try:

@@ -297,6 +297,7 @@ class RecordWriter:
         self.overwrite = overwrite
         self._handle: IO[str] | None = None
         self._csv: Any = None
+        self._failed = False  # a write failed and was reported: closing may fail the same way
         self.done: dict[str, str] = {}  # path key -> status of records already in the file
 
     def __enter__(self) -> RecordWriter:
@@ -343,6 +344,7 @@ class RecordWriter:
                 self._handle.write(json.dumps(result.to_dict()) + "\n")
             self._sync()
         except OSError as exc:
+            self._failed = True
             raise OutputError(f"{self.path or 'stdout'}: cannot write results ({exc})") from None
 
     def _sync(self) -> None:
@@ -357,9 +359,14 @@ class RecordWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._handle is not None and self.path is not None:
-            self._handle.close()
-        self._handle = None
+        handle, self._handle = self._handle, None
+        if handle is None or self.path is None:
+            return
+        try:
+            handle.close()  # flushes what a failed write left in the buffer
+        except OSError as error:
+            if not self._failed:  # every write was flushed: a new problem, not a repeat
+                raise OutputError(f"{self.path}: cannot write results ({error})") from None
 
 
 def path_key(path: str | os.PathLike[str]) -> str:
