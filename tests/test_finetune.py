@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from heke_finetune.cli import finetune_app
 from heke_finetune.datasets import load_list
 from heke_finetune.features import FeatureSet, save_features
+from heke_finetune.metrics import evaluate
 from heke_finetune.splits import (
     Split,
     SplitError,
@@ -29,6 +31,8 @@ from heke_finetune.splits import (
 )
 from heke_finetune.train import (
     FinetuneError,
+    Part,
+    RegressorNet,
     TrainConfig,
     cross_dataset,
     export_regressor,
@@ -43,8 +47,9 @@ from heke_runtime.tolerances import REGRESSOR
 TINY_WIDTH = 3 * (8 + 16 + 32 + 64)  # the tiny r2p1d's features
 
 
-def make_dataset(folder: Path, contents=6, per_content=5, seed=0, name="toy", mos=False):
-    """A list in the authors' format and matching informative features."""
+def make_dataset(folder: Path, contents=6, per_content=5, seed=0, name="toy", mos=False, noise=0.3):
+    """A list in the authors' format and matching informative features (``noise``: the
+    spread of each snippet's noise, the label's weight being about 1)."""
     rng = np.random.default_rng(seed)
     lines, rows = [], []
     signal = rng.standard_normal(TINY_WIDTH).astype(np.float32)
@@ -54,7 +59,7 @@ def make_dataset(folder: Path, contents=6, per_content=5, seed=0, name="toy", mo
             score = rng.uniform(0, 100)
             lines.append(f"{c} {d} ref/r{c}.yuv dis/v{c}_{d}.yuv {score:.4f} 64 48 60")
             quality = (100 - score) if mos else score
-            snippets = signal * quality / 25 + offset + rng.standard_normal((4, TINY_WIDTH)) * 0.3
+            snippets = signal * quality / 25 + offset + rng.standard_normal((4, TINY_WIDTH)) * noise
             rows.append(snippets.astype(np.float32))
     header = "# direction: mos\n" if mos else ""
     listed = folder / f"{name}_list_for_VQA.txt"
@@ -179,18 +184,110 @@ def test_each_split_trains_on_its_training_contents_only(tmp_path):
         assert outcome.validation == result.validation
 
 
-def test_validation_selection_never_looks_at_the_test_set(tmp_path):
-    dataset, data = make_dataset(tmp_path)
+def noisy_split(tmp_path):
+    """Train, validation and test parts of 8 noisy contents: per-epoch SROCCs go up and down,
+    so choosing by validation, by test or the last epoch give different epochs."""
+    dataset, data = make_dataset(tmp_path, contents=8, noise=3.0)
     prepared = prepare(data, dataset, QUICK)
-    split = content_splits(6, dataset="toy", seed=QUICK.seed)[0][0]
-    train, val, test = (prepared.part(rows) for rows in split.rows(prepared.contents))
-    result = train_regressor(train, QUICK, batch_size=5, validation=val, tests={"toy": test})
+    split = content_splits(8, dataset="toy", seed=QUICK.seed)[0][0]
+    return (prepared.part(rows) for rows in split.rows(prepared.contents))
+
+
+def typed(text: str) -> str:
+    """``text`` as a command line or a file gives it: equal, but not the same object."""
+    return "".join(list(text))
+
+
+def test_validation_selection_never_looks_at_the_test_set(tmp_path):
+    train, val, test = noisy_split(tmp_path)
+    config = TrainConfig(epochs=25, lr=1e-3, select_epoch=typed("validation"))
+    result = train_regressor(train, config, batch_size=5, validation=val, tests={"toy": test})
     by_validation = [e.validation_srocc for e in result.log]
     chosen = int(np.argmax(by_validation))  # the first of equals, as upstream keeps it
     assert result.selected_epoch == result.test_epochs["toy"] == chosen
     assert result.tests["toy"].srocc == pytest.approx(result.log[chosen].test_srocc["toy"])
-    best_on_test = max(e.test_srocc["toy"] for e in result.log)
-    assert best_on_test > result.tests["toy"].srocc  # else this data could not tell them apart
+    # The model handed back is that epoch's, not the last one's.
+    assert result.net is not None and result.validation is not None
+    with torch.no_grad():
+        again = result.net(torch.from_numpy(val.x)).numpy().astype(np.float64)
+    assert evaluate(again, val.y).plcc == pytest.approx(result.validation.plcc)
+    # Else this data could not tell the rules apart:
+    assert min(by_validation[chosen:]) < by_validation[chosen]  # not just the last improvement
+    assert max(e.test_srocc["toy"] for e in result.log) > result.tests["toy"].srocc
+
+
+def test_oracle_test_reports_the_best_epoch_on_the_test_set(tmp_path):
+    train, _, test = noisy_split(tmp_path)
+    config = TrainConfig(epochs=25, lr=1e-3, select_epoch=typed("oracle-test"))
+    result = train_regressor(train, config, batch_size=5, tests={"toy": test})
+    by_test = [e.test_srocc["toy"] for e in result.log]
+    best = int(np.argmax(by_test))  # the first of equals
+    assert result.test_epochs["toy"] == result.selected_epoch == best
+    assert result.tests["toy"].srocc == pytest.approx(max(by_test))
+    assert by_test.count(max(by_test)) > 1  # else this data could not tell first from last
+    assert max(by_test) > by_test[-1]  # nor best from last
+
+
+def test_a_batch_as_large_as_the_training_set_trains_every_epoch(tmp_path):
+    train, _, _ = noisy_split(tmp_path)
+    config = TrainConfig(epochs=3, lr=1e-3, select_epoch="last")  # no test set needed
+    result = train_regressor(train, config, batch_size=len(train))
+    losses = [e.loss for e in result.log]
+    assert np.isfinite(losses).all() and len(set(losses)) == 3  # one step in each epoch
+
+
+@pytest.mark.parametrize("batch", [5, 13])  # 25 rows: no partial batch; a 12-row one
+def test_each_epoch_steps_on_full_shuffled_batches_only(tmp_path, batch):
+    # The loop the module docstring describes, written out: one permutation an epoch from
+    # the run's generator, full batches only (upstream's drop_last=True).
+    train, _, _ = noisy_split(tmp_path)
+    assert len(train) == 25
+    config = TrainConfig(epochs=3, lr=1e-3, select_epoch="last")
+    result = train_regressor(train, config, batch_size=batch)
+    generator = torch.Generator().manual_seed(config.seed)
+    net = RegressorNet(train.x.shape[-1], generator)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y.astype(np.float32))
+    for _ in range(config.epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for rows in order[: len(train) // batch * batch].split(batch):
+            optimizer.zero_grad()
+            nn.SmoothL1Loss()(net(x[rows]), y[rows]).backward()
+            optimizer.step()
+    assert result.net is not None
+    for got, want in zip(result.net.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(got, want)
+
+
+def test_last_keeps_and_reports_the_final_epoch_of_the_authors_300(tmp_path):
+    train, _, test = noisy_split(tmp_path)
+    config = TrainConfig(select_epoch=typed("last"))  # 300 epochs: past CPython's small ints
+    result = train_regressor(train, config, batch_size=5, tests={"toy": test})
+    assert result.selected_epoch == result.test_epochs["toy"] == 299 and len(result.log) == 300
+    assert result.tests["toy"].srocc == pytest.approx(result.log[-1].test_srocc["toy"])
+    alone = train_regressor(train, config, batch_size=5)  # no test set: the same epoch
+    assert alone.selected_epoch == 299
+
+
+def test_a_test_set_without_a_ranking_fails_oracle_test_on_one_line(tmp_path):
+    train, _, test = noisy_split(tmp_path)
+    flat = Part(test.x, np.full_like(test.y, 5.0))  # every label equal: SROCC is NaN
+    config = TrainConfig(epochs=3, select_epoch="oracle-test")
+    with pytest.raises(FinetuneError, match=r"^no epoch gave a defined SROCC on flat$"):
+        train_regressor(train, config, batch_size=5, tests={"flat": flat})
+
+
+def test_epoch_selection_on_validation_needs_two_videos(tmp_path):
+    train, val, _ = noisy_split(tmp_path)
+    two = Part(val.x[:2], val.y[:2])
+    config = TrainConfig(epochs=4, lr=1e-3)
+    result = train_regressor(train, config, batch_size=5, validation=two)
+    by_validation = [e.validation_srocc for e in result.log]
+    assert result.validation is not None
+    assert result.selected_epoch == int(np.argmax(by_validation))  # with no test set too
+    for too_few in (None, Part(val.x[:1], val.y[:1])):
+        with pytest.raises(FinetuneError, match="at least 2 validation videos"):
+            train_regressor(train, TrainConfig(epochs=2), batch_size=5, validation=too_few)
 
 
 def test_oracle_test_is_never_worse_than_the_last_epoch(tmp_path):
@@ -241,6 +338,7 @@ def test_cross_dataset_trains_on_a_and_tests_on_b(tmp_path):
     b, data_b = make_dataset(tmp_path, name="B", seed=1, contents=3)
     report, result, _ = cross_dataset((data_a, a), [(data_b, b)], QUICK)
     assert [o.test for o in report.outcomes] == ["B"]
+    assert report.splits == "all 6 contents of A, 1 of them for validation"
     assert report.outcomes[0].metrics.srocc > 0.7 and result.net is not None
     wide = FeatureSet(
         data_b.paths, np.zeros((15, 4, 2880), np.float32), None, None, data_b.metadata
@@ -273,6 +371,8 @@ def test_test_selected_models_are_not_exported(tmp_path):
     dataset, data = make_dataset(tmp_path)
     with pytest.raises(FinetuneError, match="no test set"):
         fit(data, dataset, TrainConfig(select_epoch="oracle-test"))
+    last, _, _ = fit(data, dataset, TrainConfig(epochs=2, select_epoch=typed("last")))
+    assert last.selected_epoch == 1  # a final fit may keep its last epoch
     a, data_a = make_dataset(tmp_path, name="A")
     _, result, prepared = cross_dataset(
         (data_a, a), [(data, dataset)], TrainConfig(epochs=3, select_epoch="oracle-test")
