@@ -112,12 +112,18 @@ def test_validation_is_drawn_from_training_contents_only():
 def test_too_few_contents_and_wrong_counts_are_refused():
     with pytest.raises(SplitError, match="2 distinct content"):
         content_splits(2)
-    with pytest.raises(SplitError, match="LIVE has 10 reference contents"):
-        content_splits(9, dataset="LIVE")
+    for count in (9, 11):
+        with pytest.raises(SplitError, match="LIVE has 10 reference contents"):
+            content_splits(count, dataset="LIVE")
     with pytest.raises(SplitError, match="at least 2"):
         training_split(1)
+    with pytest.raises(SplitError, match=r"needs at least 3 \(1 test and 1 training\)$"):
+        authors_test_sets(2)
     sampled, how = authors_test_sets(40, seed=1)
     assert len(sampled) == 100 and len(set(sampled)) == 100 and "random" in how
+    assert all(len(set(test)) == 8 for test in sampled)  # round(0.2*40) distinct contents
+    many, _ = authors_test_sets(40, seed=1, max_splits=300)  # past CPython's cached ints
+    assert len(set(many)) == 300 and many[:100] == sampled
     with pytest.raises(SplitError, match="leave none to train on"):
         validation_part((5,), seed=0, index=0)
 
@@ -280,14 +286,14 @@ def test_a_test_set_without_a_ranking_fails_oracle_test_on_one_line(tmp_path):
 def test_epoch_selection_on_validation_needs_two_videos(tmp_path):
     train, val, _ = noisy_split(tmp_path)
     two = Part(val.x[:2], val.y[:2])
-    config = TrainConfig(epochs=4, lr=1e-3)
+    config = TrainConfig(epochs=4, lr=1e-3, select_epoch=typed("validation"))
     result = train_regressor(train, config, batch_size=5, validation=two)
     by_validation = [e.validation_srocc for e in result.log]
     assert result.validation is not None
     assert result.selected_epoch == int(np.argmax(by_validation))  # with no test set too
     for too_few in (None, Part(val.x[:1], val.y[:1])):
         with pytest.raises(FinetuneError, match="at least 2 validation videos"):
-            train_regressor(train, TrainConfig(epochs=2), batch_size=5, validation=too_few)
+            train_regressor(train, config, batch_size=5, validation=too_few)
 
 
 def test_oracle_test_is_never_worse_than_the_last_epoch(tmp_path):

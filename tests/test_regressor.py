@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -149,6 +150,11 @@ def test_engine_mismatch_is_one_line(tmp_path):
         with pytest.raises(RegressorError) as info:
             regressor.check_engine(model, width)
         assert "\n" not in str(info.value)
+    with pytest.raises(RegressorError) as info:  # the model named even where widths agree
+        regressor.check_engine("resnet_HEKE_4", 2880)
+    assert str(info.value).endswith(
+        "was trained on r2p1d_HEKE_4 features; the engine is resnet_HEKE_4"
+    )
     regressor.check_engine("r2p1d_HEKE_4", 2880)
 
 
@@ -189,3 +195,127 @@ def test_wrong_weight_shapes_and_layout_options_are_named():
         FeatureLayout("r2p1d_HEKE_4", FULL, ("f1",), ("median",))
     with pytest.raises(RegressorError, match="multiple of 45"):
         stage_channels("r2p1d_HEKE_4", 1000)
+
+
+def good_weights(dim: int, hidden=(128, 32)) -> dict[str, np.ndarray]:
+    h, h2 = hidden
+    shapes = {"w1": (h, dim), "b1": (h,), "w2": (h2, h), "b2": (h2,), "w3": (1, h2), "b3": (1,)}
+    return {k: np.full(s, 0.01, np.float32) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"w1": (128, 193)},  # one input too many
+        {"w1": (128, 191)},  # one too few
+        {"w1": (128, 192, 1)},
+        {"w1": (128 * 192,)},
+        {"w1": (128, 192, 1), "w2": (32, 128, 1)},  # two layers of the same wrong rank
+        {"w1": (128 * 192,), "w2": (32 * 128,)},
+        {"w1": (128 * 192,), "w2": (32 * 128,), "w3": (32,)},
+        {"b1": (129,)},
+        {"b1": (127,)},
+        {"w2": (32, 127)},
+        {"w2": (32, 129)},
+        {"b2": (31,)},
+        {"b2": (33,)},
+        {"w3": (2, 32)},
+        {"w3": (1, 31)},
+        {"b3": (2,)},
+        {"b3": ()},
+    ],
+    ids=lambda bad: ",".join(f"{k}{list(v)}" for k, v in bad.items()),
+)
+def test_every_malformed_layer_is_refused_on_loading(tmp_path, bad):
+    layout = upstream_layout("r2p1d_HEKE_4", 2880, stages=("f1",))  # 3 x 64 = 192 inputs
+    save_regressor(tmp_path / "good.npz", layout, good_weights(layout.dim))  # the baseline
+    weights = {**good_weights(layout.dim), **{k: np.zeros(s, np.float32) for k, s in bad.items()}}
+    meta = {"format": "heke-regressor/1", "layout": layout.to_dict()}
+    path = tmp_path / "bad.npz"  # written as a foreign tool would: save_regressor refuses it
+    np.savez(path, metadata=np.array(json.dumps(meta)), **weights)
+    with pytest.raises(RegressorError) as info:
+        load_regressor(path)
+    assert str(info.value).startswith(f"{path}: regressor weight shapes ")
+    assert "do not form Linear(192,h)-ELU-Linear(h,h2)-ELU-Linear(h2,1)" in str(info.value)
+
+
+def spoil_layout(**changes):
+    def spoil(meta):
+        meta["layout"].update(changes)
+        meta["layout"] = {k: v for k, v in meta["layout"].items() if v is not None}
+        return meta
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda meta: [1, 2], "unreadable metadata (AttributeError: "),
+        (lambda meta: {"format": meta["format"]}, "unreadable metadata (KeyError: 'layout')"),
+        (lambda meta: {**meta, "format": "heke-regressor/0"}, "format 'heke-regressor/0', exp"),
+        (lambda meta: {**meta, "format": "heke-regressor/2"}, "format 'heke-regressor/2', exp"),
+        (lambda meta: {**meta, "format": None}, "format None, expected heke-regressor/1"),
+        (spoil_layout(model=None), "unreadable layout (KeyError: 'model')"),
+        (spoil_layout(stage_channels=["x"]), "unreadable layout (ValueError: "),
+        (spoil_layout(stage_channels=5), "unreadable layout (TypeError: "),
+        (spoil_layout(stages=["f9"]), ": unknown stage 'f9'; valid: f1, f2, f3, f4"),
+        (spoil_layout(stage_channels=[8, 16, 32, 64, 128]), "has 4 stages, got 5 widths"),
+        (spoil_layout(stage_channels=[8, 16, 32]), "has 4 stages, got 3 widths"),
+        (spoil_layout(stages=["f8", "f9"]), ": unknown stage 'f8'; valid: f1, f2, f3, f4"),
+        (spoil_layout(stages=[]), "select at least one stage (valid: f1, f2, f3, f4)"),
+        (spoil_layout(poolings=[]), "select at least one pooling (valid: mean, max, std)"),
+        (spoil_layout(poolings=["max", "mean"]), "poolings must be unique and in order"),
+        (spoil_layout(stage_channels=[8, 16, 32, 66]), "stage f4 has 66 channels, not /4"),
+        (spoil_layout(stages=["f4", "f2"]), "stages must be unique and in order"),
+        (spoil_layout(stages=["f2", "f2"]), "stages must be unique and in order"),
+    ],
+)
+def test_unreadable_metadata_is_one_line_naming_the_file(tmp_path, spoil, message):
+    layout = upstream_layout("r2p1d_HEKE_4", 2880)
+    meta = spoil({"format": "heke-regressor/1", "layout": layout.to_dict()})
+    path = tmp_path / "r.npz"
+    np.savez(path, metadata=np.array(json.dumps(meta)), **good_weights(layout.dim))
+    with pytest.raises(RegressorError) as info:
+        load_regressor(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+    assert "RegressorError" not in text  # its own errors are not wrapped as unreadable
+
+
+def test_a_regressor_of_one_model_refuses_the_other_models_engine(tmp_path):
+    layout = upstream_layout("resnet_HEKE_4", 14400)
+    regressor = load_regressor(save_regressor(tmp_path / "r.npz", layout, good_weights(layout.dim)))
+    with pytest.raises(RegressorError) as info:
+        regressor.check_engine("r2p1d_HEKE_4", 14400)
+    assert str(info.value).endswith(
+        "was trained on resnet_HEKE_4 features; the engine is r2p1d_HEKE_4"
+    )
+
+
+def test_features_of_another_width_are_named_exactly(tmp_path):
+    layout = upstream_layout("r2p1d_HEKE_4", 2880)
+    regressor = load_regressor(save_regressor(tmp_path / "r.npz", layout, good_weights(layout.dim)))
+    for width in (2879, 2881):  # narrower too: never read past the features' end
+        with pytest.raises(RegressorError) as info:
+            regressor.snippet_scores(np.zeros((3, width), np.float32))
+        assert str(info.value) == (
+            f"features have width {width}; this regressor expects 2880 "
+            "(r2p1d_HEKE_4 stages [64, 128, 256, 512])"
+        )
+    with pytest.raises(RegressorError, match=r"^features have width 2879;"):  # [V, S, width]
+        layout.select(np.zeros((2, 3, 2879), np.float32))
+
+
+def test_a_mismatched_backbone_is_named_by_both_hashes(tmp_path):
+    layout = upstream_layout("r2p1d_HEKE_4", 2880)
+    trained = "f" * 64  # sorts after the engine's: a mismatch either way round is refused
+    path = save_regressor(
+        tmp_path / "r.npz", layout, good_weights(layout.dim), backbone_weights_sha256=trained
+    )
+    with pytest.raises(RegressorError) as info:
+        load_regressor(path).check_engine("r2p1d_HEKE_4", 2880, "0123456789ab" + "c" * 52)
+    assert str(info.value) == (
+        f"regressor {path} was trained on features of backbone weights ffffffffffff; "
+        "the engine holds weights 0123456789ab"
+    )
