@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from plant_bugs import REPO, copy_tree, environment
+from plant_bugs import REPO, chosen, copy_tree, environment
 
 BIN = Path(sys.executable).parent
 UNTELLING = r"(Pow|RShift|LShift|BitOr|BitAnd|BitXor|FloorDiv|Mod)"
@@ -190,14 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         for target in TARGETS:
             print(f"{target.name:11} {' '.join(target.modules)}  <- {' '.join(target.tests)}")
         return 0
-    unknown = set(args.names) - {t.name for t in TARGETS}
-    if unknown:
-        parser.error(f"unknown target(s): {', '.join(sorted(unknown))}")
+    targets = chosen(parser, args.names, TARGETS)
     if not (BIN / "cosmic-ray").exists():
         parser.error("cosmic-ray is not installed: pip install -e '.[mutation]'")
-    for target in TARGETS:
-        if not args.names or target.name in args.names:
-            run_target(target, args.out.resolve(), args.fresh, args.recheck)
+    for target in targets:
+        run_target(target, args.out.resolve(), args.fresh, args.recheck)
     return 0
 
 

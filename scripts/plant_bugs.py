@@ -28,8 +28,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 PACKAGE_FOLDERS = (".", "runtime", "export", "corpus", "finetune", "benchmarks")
 
 
@@ -243,6 +245,14 @@ def try_bug(bug: Bug) -> bool:
     return False
 
 
+def chosen(parser: argparse.ArgumentParser, names: list[str], items: tuple[T, ...]) -> list[T]:
+    """The ``items`` named (all when none is), or a usage error naming the unknown ones."""
+    unknown = set(names) - {item.name for item in items}  # type: ignore[attr-defined]
+    if unknown:
+        parser.error(f"unknown: {', '.join(sorted(unknown))}")
+    return [item for item in items if not names or item.name in names]  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="Bugs to plant (default: all).")
@@ -253,10 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         for bug in BUGS:
             print(f"{bug.name:22} {bug.what} ({bug.file}; {' '.join(bug.tests)})")
         return 0
-    unknown = set(args.names) - {bug.name for bug in BUGS}
-    if unknown:
-        parser.error(f"unknown bug(s): {', '.join(sorted(unknown))}")
-    bugs = [bug for bug in BUGS if not args.names or bug.name in args.names]
+    bugs = chosen(parser, args.names, BUGS)
     if not args.no_baseline and not baseline(bugs):
         return 2
     caught = [try_bug(bug) for bug in bugs]

@@ -197,12 +197,6 @@ def test_wrong_weight_shapes_and_layout_options_are_named():
         stage_channels("r2p1d_HEKE_4", 1000)
 
 
-def good_weights(dim: int, hidden=(128, 32)) -> dict[str, np.ndarray]:
-    h, h2 = hidden
-    shapes = {"w1": (h, dim), "b1": (h,), "w2": (h2, h), "b2": (h2,), "w3": (1, h2), "b3": (1,)}
-    return {k: np.full(s, 0.01, np.float32) for k, s in shapes.items()}
-
-
 @pytest.mark.parametrize(
     "bad",
     [
@@ -228,8 +222,9 @@ def good_weights(dim: int, hidden=(128, 32)) -> dict[str, np.ndarray]:
 )
 def test_every_malformed_layer_is_refused_on_loading(tmp_path, bad):
     layout = upstream_layout("r2p1d_HEKE_4", 2880, stages=("f1",))  # 3 x 64 = 192 inputs
-    save_regressor(tmp_path / "good.npz", layout, good_weights(layout.dim))  # the baseline
-    weights = {**good_weights(layout.dim), **{k: np.zeros(s, np.float32) for k, s in bad.items()}}
+    good = weights_of(TorchRegressor(layout.dim))
+    save_regressor(tmp_path / "good.npz", layout, good)  # the baseline
+    weights = {**good, **{k: np.zeros(s, np.float32) for k, s in bad.items()}}
     meta = {"format": "heke-regressor/1", "layout": layout.to_dict()}
     path = tmp_path / "bad.npz"  # written as a foreign tool would: save_regressor refuses it
     np.savez(path, metadata=np.array(json.dumps(meta)), **weights)
@@ -275,7 +270,7 @@ def test_unreadable_metadata_is_one_line_naming_the_file(tmp_path, spoil, messag
     layout = upstream_layout("r2p1d_HEKE_4", 2880)
     meta = spoil({"format": "heke-regressor/1", "layout": layout.to_dict()})
     path = tmp_path / "r.npz"
-    np.savez(path, metadata=np.array(json.dumps(meta)), **good_weights(layout.dim))
+    np.savez(path, metadata=np.array(json.dumps(meta)), **weights_of(TorchRegressor(layout.dim)))
     with pytest.raises(RegressorError) as info:
         load_regressor(path)
     text = str(info.value)
@@ -285,7 +280,9 @@ def test_unreadable_metadata_is_one_line_naming_the_file(tmp_path, spoil, messag
 
 def test_a_regressor_of_one_model_refuses_the_other_models_engine(tmp_path):
     layout = upstream_layout("resnet_HEKE_4", 14400)
-    regressor = load_regressor(save_regressor(tmp_path / "r.npz", layout, good_weights(layout.dim)))
+    regressor = load_regressor(
+        save_regressor(tmp_path / "r.npz", layout, weights_of(TorchRegressor(layout.dim)))
+    )
     with pytest.raises(RegressorError) as info:
         regressor.check_engine("r2p1d_HEKE_4", 14400)
     assert str(info.value).endswith(
@@ -295,7 +292,9 @@ def test_a_regressor_of_one_model_refuses_the_other_models_engine(tmp_path):
 
 def test_features_of_another_width_are_named_exactly(tmp_path):
     layout = upstream_layout("r2p1d_HEKE_4", 2880)
-    regressor = load_regressor(save_regressor(tmp_path / "r.npz", layout, good_weights(layout.dim)))
+    regressor = load_regressor(
+        save_regressor(tmp_path / "r.npz", layout, weights_of(TorchRegressor(layout.dim)))
+    )
     for width in (2879, 2881):  # narrower too: never read past the features' end
         with pytest.raises(RegressorError) as info:
             regressor.snippet_scores(np.zeros((3, width), np.float32))
@@ -311,7 +310,10 @@ def test_a_mismatched_backbone_is_named_by_both_hashes(tmp_path):
     layout = upstream_layout("r2p1d_HEKE_4", 2880)
     trained = "f" * 64  # sorts after the engine's: a mismatch either way round is refused
     path = save_regressor(
-        tmp_path / "r.npz", layout, good_weights(layout.dim), backbone_weights_sha256=trained
+        tmp_path / "r.npz",
+        layout,
+        weights_of(TorchRegressor(layout.dim)),
+        backbone_weights_sha256=trained,
     )
     with pytest.raises(RegressorError) as info:
         load_regressor(path).check_engine("r2p1d_HEKE_4", 2880, "0123456789ab" + "c" * 52)

@@ -163,9 +163,7 @@ def compare_rows(
     for name, tol in tolerances.items():
         got, want = actual[name], expected[name]
         if len(got) != len(want):
-            problem = f"{name}: {len(got)} rows; the reference has {len(want)}"
-            report.problems.append(problem)
-            report.lines.append(f"  FAILED | {label} | {problem}")
+            _problem(report, f"{label} | {name}: {len(got)} rows; the reference has {len(want)}")
             continue
         for row in range(len(want)):
             result = compare(
@@ -195,6 +193,11 @@ def _add(report: VerifyReport, result: ParityResult) -> None:
     report.lines.append(result.report())
 
 
+def _problem(report: VerifyReport, text: str) -> None:
+    report.problems.append(text)
+    report.lines.append(f"  FAILED | {text}")
+
+
 def _check_fp32(report: VerifyReport, case: VerifyCase, actual: Arrays, expected: Arrays) -> None:
     _add(
         report,
@@ -208,8 +211,7 @@ def _check_fp32(report: VerifyReport, case: VerifyCase, actual: Arrays, expected
 def _check_fp16(report: VerifyReport, case: VerifyCase, actual: Arrays, expected: Arrays) -> None:
     for name, value in actual.items():
         if not np.isfinite(value).all():
-            report.problems.append(f"{case.label}: {name} has NaN/Inf")
-            report.lines.append(f"  FAILED | {case.label}: {name} has NaN/Inf")
+            _problem(report, f"{case.label}: {name} has NaN/Inf")
     scores = {"blind_scores": blind_vector(actual["heads"])}
     wanted = {"blind_scores": blind_vector(expected["heads"])}
     label = f"onnx fp16 vs heke_ref fp32 blind scores | {case.label}"

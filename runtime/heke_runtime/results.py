@@ -345,7 +345,10 @@ class RecordWriter:
             self._sync()
         except OSError as exc:
             self._failed = True
-            raise OutputError(f"{self.path or 'stdout'}: cannot write results ({exc})") from None
+            raise self._cannot_write(exc) from None
+
+    def _cannot_write(self, exc: OSError) -> OutputError:
+        return OutputError(f"{self.path or 'stdout'}: cannot write results ({exc})")
 
     def _sync(self) -> None:
         assert self._handle is not None
@@ -366,7 +369,7 @@ class RecordWriter:
             handle.close()  # flushes what a failed write left in the buffer
         except OSError as error:
             if not self._failed:  # every write was flushed: a new problem, not a repeat
-                raise OutputError(f"{self.path}: cannot write results ({error})") from None
+                raise self._cannot_write(error) from None
 
 
 def path_key(path: str | os.PathLike[str]) -> str:
