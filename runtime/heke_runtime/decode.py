@@ -84,7 +84,7 @@ import numpy as np
 from av.sidedata.sidedata import SideData
 
 from heke_runtime.errors import VideoDecodeError
-from heke_runtime.yuv import read_yuv420p_frames, yuv420p_frame_count
+from heke_runtime.yuv import read_yuv420p_frames, read_yuv420p_luma, yuv420p_frame_count
 
 RAW_SUFFIXES = frozenset({".yuv"})
 RAW_FPS = 25.0  # nominal rate for raw files, which store none (LIVE-style sets are 25/50 fps)
@@ -251,6 +251,40 @@ def snippet_times(info: VideoInfo, plan: np.ndarray) -> SnippetTimes:
     end = np.where(last + 1 < count, following, own + frame)
     start = np.asarray(frame_times(info, first), dtype=np.float64)
     return SnippetTimes(first, last, start, end)
+
+
+def read_luma(info: VideoInfo) -> Iterator[np.ndarray]:
+    """Yield every frame's Y plane, ``[H, W]`` uint8 in display orientation, in order.
+
+    This is the picture full-reference metrics read (the authors' ``load_frames.m`` reads the
+    Y plane of the video converted to yuv420p): frames in another pixel format go through
+    swscale to yuv420p first, which leaves an 8-bit yuv420p/yuv422p/yuv444p Y plane as is.
+    Memory holds one frame. Damage and index disagreement raise as in :func:`read_frames`.
+    """
+    path = Path(info.path)
+    if info.count_method == "raw":
+        yield from read_yuv420p_luma(path, info.width, info.height)
+        return
+    position = 0
+    with _open(path) as container:
+        stream = _stream_at(container, info.stream_index)
+        for frame in _decoded(container, stream, path):
+            _check_index(info, position, frame)
+            yield _orient(_luma(frame), info)
+            position += 1
+    if position < info.num_frames:
+        raise FrameIndexError(
+            f"{path}: the decoder gave {position} frames, fewer than the {info.num_frames} "
+            "the index counted"
+        )
+
+
+def _luma(frame: av.VideoFrame) -> np.ndarray:
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    plane = frame.planes[0]
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
+    return rows[:, : frame.width].copy()
 
 
 # --- opening and checking -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -280,13 +280,21 @@ def output_format(path: Path | None) -> Literal["jsonl", "csv"]:
     return "csv" if path is not None and path.suffix.lower() == ".csv" else "jsonl"
 
 
+_Writer = TypeVar("_Writer", bound="RecordWriter")
+
+
 class RecordWriter:
     """Appends records to a JSON lines or CSV file (``None``: JSON lines on stdout).
 
     Each ``write`` is flushed and fsynced before it returns, so a crash loses at most the video
     being scored. ``resume=True`` keeps the existing records (a torn last line is cut off);
     otherwise an existing non-empty file is refused unless ``overwrite=True``.
+
+    Other record kinds (``heke-fr``'s pairs) subclass it and override ``columns``, ``row``,
+    ``line`` and ``keys``: the file handling, fsync and resume rules stay in one place.
     """
+
+    columns: tuple[str, ...] = CSV_COLUMNS
 
     def __init__(
         self, path: str | Path | None, *, resume: bool = False, overwrite: bool = False
@@ -300,14 +308,14 @@ class RecordWriter:
         self._failed = False  # a write failed and was reported: closing may fail the same way
         self.done: dict[str, str] = {}  # path key -> status of records already in the file
 
-    def __enter__(self) -> RecordWriter:
+    def __enter__(self: _Writer) -> _Writer:
         if self.path is None:
             self._handle = sys.stdout
             return self
         self._prepare()
         self._handle = self.path.open("a", newline="" if self.format == "csv" else None)
         if self.format == "csv":
-            self._csv = csv.DictWriter(self._handle, CSV_COLUMNS, lineterminator="\n")
+            self._csv = csv.DictWriter(self._handle, self.columns, lineterminator="\n")
             if self._handle.tell() == 0:
                 self._csv.writeheader()
                 self._sync()
@@ -320,7 +328,7 @@ class RecordWriter:
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if exists and self.resume:
             trim_torn_line(self.path)
-            self.done = {path_key(r["path"]): str(r.get("status")) for r in read_records(self.path)}
+            self.done = self.keys(self.path)
         elif exists and not self.overwrite:
             raise OutputError(
                 f"{self.path} already holds results; pass --resume to continue it or "
@@ -330,18 +338,28 @@ class RecordWriter:
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def keys(self, path: Path) -> dict[str, str]:
+        """Key -> status of each record already in ``path``."""
+        return {path_key(r["path"]): str(r.get("status")) for r in read_records(path)}
+
+    def row(self, result: Any) -> dict[str, Any]:
+        return csv_row(result)
+
+    def line(self, result: Any) -> dict[str, Any]:
+        return dict(result.to_dict())
+
     def has(self, path: str | Path) -> bool:
         """Whether ``path`` already has a record (resume skips it)."""
         return path_key(path) in self.done
 
-    def write(self, result: VideoResult) -> None:
+    def write(self, result: Any) -> None:
         if self._handle is None:
             raise OutputError("RecordWriter.write outside its 'with' block")
         try:
             if self._csv is not None:
-                self._csv.writerow(csv_row(result))
+                self._csv.writerow(self.row(result))
             else:
-                self._handle.write(json.dumps(result.to_dict()) + "\n")
+                self._handle.write(json.dumps(self.line(result)) + "\n")
             self._sync()
         except OSError as exc:
             self._failed = True

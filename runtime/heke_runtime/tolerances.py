@@ -60,3 +60,10 @@ BF16_TINY_FEATURES = Tolerance(1.5, 0.0, "bfloat16 stage maps, float32 statistic
 # difference between two clips' rows, so a row out of place fails.
 FP16_ROW_HEADS = Tolerance(0.01, 0.01, "fp16 convolutions into float32 heads; tiny model rows")
 FP16_ROW_FEATURES = Tolerance(0.1, 0.02, "fp16 stage maps, float32 mean/max/std; tiny model rows")
+# heke-fr's FR metrics vs the authors' MATLAB run under Octave, every per-frame value: both
+# float64 on the same integer frames; only summation order differs (separable vs 2-D
+# Gaussian, slice sums vs conv2) and ST-RRED's 9x9 eigen-decompositions (LAPACK vs Octave's).
+# Measured: <= 1e-13 relative for GMSD, ST-GMSD, MS-SSIM; <= 8e-12 for ST-RRED. The issue's
+# bar is 1e-6; this one is tighter so a change in the arithmetic shows, with room for
+# another LAPACK build.
+FR_PER_FRAME = Tolerance(0.0, 1e-9, "float64 both sides; summation order and LAPACK only")

@@ -63,3 +63,14 @@ def read_yuv420p_frames(
             if len(data) != frame:
                 raise VideoDecodeError(f"{path}: frame {index} is past the end of the file")
             yield index, yuv420p_to_rgb24(data, width, height)
+
+
+def read_yuv420p_luma(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
+    """Yield the Y plane of every frame, ``[H, W]`` uint8, reading one frame at a time."""
+    frame = yuv420p_frame_size(width, height)
+    luma = width * height
+    with path.open("rb") as handle:
+        while data := handle.read(frame):
+            if len(data) != frame:
+                raise VideoDecodeError(f"{path}: the last frame is cut short ({len(data)} bytes)")
+            yield np.frombuffer(data[:luma], dtype=np.uint8).reshape(height, width)
