@@ -16,10 +16,11 @@ from heke_finetune.fr.pairs import DIRECTION, METRICS
 from heke_runtime.decode import probe_video, read_luma
 from heke_runtime.tolerances import FR_PER_FRAME
 from tests.fr_pairs import EXPECTED
-from tests.videos import make_video, sample_clip
+from tests.videos import corrupt_file, make_video, sample_clip
 
 pytest.importorskip("pyrtools", reason="heke-fr needs pyrtools (pip install heke[fr])")
-CARPHONE = json.loads(EXPECTED.read_text())["pairs"]["carphone"]
+STORED = json.loads(EXPECTED.read_text())["pairs"]["carphone"]  # keyed as the authors' code
+CARPHONE = {"gmsd": STORED["gmsd"], "st_gmsd": STORED["stgmsd"], "st_rred": STORED["strred"]}
 
 
 def _carphone() -> tuple[Path, Path]:
@@ -53,12 +54,12 @@ def test_a_pair_gets_the_authors_values_and_says_what_it_could_not(
     assert (record["ref"], record["dist"], record["status"]) == (str(ref), str(dist), "ok")
     assert (record["frames"], record["width"], record["height"]) == (120, 176, 144)
     assert record["direction"] == DIRECTION
-    for metric in ("gmsd", "stgmsd", "strred"):
+    for metric in ("gmsd", "st_gmsd", "st_rred"):
         np.testing.assert_allclose(
             record["series"][metric], CARPHONE[metric], rtol=FR_PER_FRAME.rtol
         )
         assert record["scores"][metric] == pytest.approx(np.mean(CARPHONE[metric]), rel=1e-9)
-    assert record["scores"]["msssim"] is None and record["series"]["msssim"] == []
+    assert record["scores"]["ms_ssim"] is None and record["series"]["ms_ssim"] == []
     assert record["warnings"] == [
         "MS-SSIM not computed: it needs frames of at least 161x161, these are 176x144 "
         "(the authors' code gives NaN here)"
@@ -74,7 +75,7 @@ def test_csv_has_one_row_per_pair_and_no_series(tmp_path: Path) -> None:
     assert main([str(ref), str(dist), "-o", str(out)]) == 0
     (row,) = list(csv.DictReader(out.open()))
     assert float(row["gmsd"]) == pytest.approx(np.mean(CARPHONE["gmsd"]), rel=1e-9)
-    assert row["msssim"] == "" and row["status"] == "ok" and row["frames"] == "120"
+    assert row["ms_ssim"] == "" and row["status"] == "ok" and row["frames"] == "120"
     assert "series" not in row and not any(v.startswith(("[", "{")) for v in row.values())
 
 
@@ -85,7 +86,7 @@ def test_raw_yuv_reads_as_the_same_frames(tmp_path: Path) -> None:
     assert main([str(raw), str(dist), "--size", "176x144", "-o", str(out)]) == 0
     (record,) = _records(out)
     np.testing.assert_allclose(
-        record["series"]["strred"], CARPHONE["strred"], rtol=FR_PER_FRAME.rtol
+        record["series"]["st_rred"], CARPHONE["st_rred"], rtol=FR_PER_FRAME.rtol
     )
 
 
@@ -140,7 +141,7 @@ def test_align_shortest_compares_the_common_frames(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         record["series"]["gmsd"], CARPHONE["gmsd"][:50], rtol=FR_PER_FRAME.rtol
     )
-    assert len(record["series"]["strred"]) == 25
+    assert len(record["series"]["st_rred"]) == 25
     assert (
         "frame counts differ (120 vs 50); compared the first 50 (--align shortest)"
         in (record["warnings"])
@@ -167,7 +168,7 @@ def test_small_or_short_videos_get_what_fits(tmp_path: Path) -> None:
     assert main([str(a), str(b), "-o", str(out)]) == 0
     (record,) = _records(out)
     assert record["scores"]["gmsd"] > 0 and len(record["series"]["gmsd"]) == 2
-    assert record["scores"]["stgmsd"] is None and record["scores"]["strred"] is None
+    assert record["scores"]["st_gmsd"] is None and record["scores"]["st_rred"] is None
     assert record["warnings"] == [
         "ST-GMSD not computed: it needs at least 3 frames",
         "ST-RRED not computed: it needs frames of at least 49x49, these are 64x48",
@@ -215,3 +216,17 @@ def test_read_luma_gives_the_y_plane_of_yuv420p(tmp_path: Path, pix_fmt: str) ->
         assert ours.dtype == np.uint8 and ours.shape == (48, 64)
         np.testing.assert_array_equal(ours, theirs)
     assert len({g.tobytes() for g in got}) == 5  # five real pictures, not blank planes
+
+
+def test_a_damaged_distorted_file_fails_its_pair_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, dist = _carphone()
+    damaged = corrupt_file(dist, tmp_path / "damaged.mp4", at=0.5, length=3000)
+    out = tmp_path / "fr.jsonl"
+    assert main([str(ref), str(damaged), "-o", str(out)]) == 1
+    (record,) = _records(out)
+    assert record["status"] == "error" and record["scores"] == {}
+    assert record["error"].startswith(f"pair {ref} / {damaged}: {damaged}: ")
+    assert "\n" not in record["error"]
+    assert "Traceback" not in capsys.readouterr().err

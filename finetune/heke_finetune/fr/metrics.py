@@ -96,11 +96,11 @@ def _msssim_min_side() -> int:
 # Smallest frame side and frame count each metric can be computed on.
 MIN_SIDE = {
     "gmsd": 8,  # downscaled by 2, a valid 3x3 gradient leaves a 2x2 map (std needs 2 values)
-    "stgmsd": 8,
-    "strred": 49,  # the band's 7x7 filter needs 7 px three octaves down: ceil(side/8) >= 7
-    "msssim": _msssim_min_side(),
+    "st_gmsd": 8,
+    "st_rred": 49,  # the band's 7x7 filter needs 7 px three octaves down: ceil(side/8) >= 7
+    "ms_ssim": _msssim_min_side(),
 }
-MIN_FRAMES = {"gmsd": 1, "stgmsd": 3, "strred": 2, "msssim": 1}
+MIN_FRAMES = {"gmsd": 1, "st_gmsd": 3, "st_rred": 2, "ms_ssim": 1}
 
 
 EXTRA_MODULES = ("scipy", "pyrtools")  # what heke[fr] installs

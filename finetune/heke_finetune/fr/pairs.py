@@ -8,10 +8,13 @@ Series and pooling (a video's score is the mean of its series; the authors' pool
 not published, their ``dataset.py`` reads already-pooled values, and the mean is the plain
 reading of their per-frame outputs):
 
-- ``gmsd[i]`` and ``msssim[i]``: frame ``i``;
-- ``stgmsd[i]``: frames ``i, i+1, i+2`` (N-2 values);
-- ``strred[k]``: frames ``2k`` and ``2k+1`` (floor(N/2) values; an odd last frame is unused,
+- ``gmsd[i]`` and ``ms_ssim[i]``: frame ``i``;
+- ``st_gmsd[i]``: frames ``i, i+1, i+2`` (N-2 values);
+- ``st_rred[k]``: frames ``2k`` and ``2k+1`` (floor(N/2) values; an odd last frame is unused,
   their ``extract_strred.m`` pairs frames the same way).
+
+Keys are the heads' names (``heke_runtime.models.HEAD_NAMES``): each head imitates the FR
+metric of the same name.
 
 A metric a pair cannot have (:data:`heke_finetune.fr.metrics.MIN_SIDE` and ``MIN_FRAMES``: MS-SSIM's
 five levels need 161 px, ST-RRED's pyramid 49 px, ST-GMSD 3 frames) is ``None`` with a warning
@@ -33,13 +36,14 @@ import numpy as np
 from heke_finetune.fr import metrics
 from heke_runtime.decode import VideoInfo, probe_video, read_luma
 from heke_runtime.errors import HekeError
+from heke_runtime.models import HEAD_NAMES
 
-METRICS = ("gmsd", "stgmsd", "strred", "msssim")  # the heads' order (docs/ARCHITECTURE.md)
+METRICS = HEAD_NAMES  # gmsd, st_gmsd, st_rred, ms_ssim: each head and the metric it imitates
 DIRECTION = {
     "gmsd": "higher-is-worse",
-    "stgmsd": "higher-is-worse",
-    "strred": "higher-is-worse",
-    "msssim": "higher-is-better",
+    "st_gmsd": "higher-is-worse",
+    "st_rred": "higher-is-worse",
+    "ms_ssim": "higher-is-better",
 }
 RATE_SLACK = 0.005  # mean rates of one video encoded twice differ by rounding, not by 0.5%
 ALIGN_CHOICES = ("exact", "shortest")
@@ -155,9 +159,9 @@ class _Accumulator:
     def add(self, ref: np.ndarray, dst: np.ndarray) -> None:
         if "gmsd" in self.wanted:
             self._add_gmsd(metrics.downscale(ref), metrics.downscale(dst))
-        if "msssim" in self.wanted:
-            self.series["msssim"].append(metrics.msssim(ref, dst))
-        if "strred" in self.wanted:
+        if "ms_ssim" in self.wanted:
+            self.series["ms_ssim"].append(metrics.msssim(ref, dst))
+        if "st_rred" in self.wanted:
             self._add_strred(ref, dst)
 
     def _add_gmsd(self, ref_small: np.ndarray, dst_small: np.ndarray) -> None:
@@ -168,14 +172,14 @@ class _Accumulator:
             refs = (self._scaled[0][0], self._scaled[1][0], self._scaled[2][0])
             dsts = (self._scaled[0][1], self._scaled[1][1], self._scaled[2][1])
             stgm = metrics.st_gradient_magnitude
-            self.series["stgmsd"].append(metrics.deviation(stgm(refs), stgm(dsts)))
+            self.series["st_gmsd"].append(metrics.deviation(stgm(refs), stgm(dsts)))
 
     def _add_strred(self, ref: np.ndarray, dst: np.ndarray) -> None:
         if self._first is None:
             self._first = (ref, dst)
             return
         (ref_first, dst_first), self._first = self._first, None
-        self.series["strred"].append(
+        self.series["st_rred"].append(
             metrics.strred(metrics.rred_maps(ref_first, ref), metrics.rred_maps(dst_first, dst))
         )
 
@@ -187,7 +191,7 @@ def _frames(info: VideoInfo, count: int) -> Iterator[np.ndarray]:
         yield luma.astype(np.float64)
 
 
-LABELS = {"gmsd": "GMSD", "stgmsd": "ST-GMSD", "strred": "ST-RRED", "msssim": "MS-SSIM"}
+LABELS = {"gmsd": "GMSD", "st_gmsd": "ST-GMSD", "st_rred": "ST-RRED", "ms_ssim": "MS-SSIM"}
 
 
 def _warnings(frames: int, width: int, height: int) -> list[str]:
@@ -196,7 +200,7 @@ def _warnings(frames: int, width: int, height: int) -> list[str]:
     for name in METRICS:
         side, least = metrics.MIN_SIDE[name], metrics.MIN_FRAMES[name]
         if not metrics.fits(name, width, height):
-            nan = " (the authors' code gives NaN here)" if name == "msssim" else ""
+            nan = " (the authors' code gives NaN here)" if name == "ms_ssim" else ""
             notes.append(
                 f"{LABELS[name]} not computed: it needs frames of at least {side}x{side}, "
                 f"these are {width}x{height}{nan}"
