@@ -100,3 +100,11 @@ def test_identical_videos_score_perfectly(tmp_path: Path) -> None:
     assert result.scores["st_rred"] == 0.0
     assert result.scores["ms_ssim"] == pytest.approx(1.0, abs=1e-12)
     assert not any(math.isnan(v) for values in result.series.values() for v in values)
+
+
+def test_threads_do_not_change_a_value(tmp_path: Path) -> None:
+    pair = next(p for p in PAIRS if p.name == "bbb-mpeg2")
+    ref = _reference_file(pair, tmp_path)
+    one = score_pair(ref, pair.dist_file, size=pair.size, threads=1)
+    three = score_pair(ref, pair.dist_file, size=pair.size, threads=3)
+    assert one.series == three.series and one.series["st_rred"] and one.series["ms_ssim"]

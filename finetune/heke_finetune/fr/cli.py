@@ -22,6 +22,7 @@ from heke_finetune.fr import metrics
 from heke_finetune.fr.pairs import (
     ALIGN_CHOICES,
     LABELS,
+    MAX_THREADS,
     METRICS,
     FrResult,
     PairError,
@@ -99,7 +100,7 @@ def _items(
     return [PairItem(ref, dist, size)]
 
 
-def _score(item: PairItem, align: str, progress: bool) -> FrResult:
+def _score(item: PairItem, align: str, threads: int | None, progress: bool) -> FrResult:
     label = item.dist.name
     with typer.progressbar(length=1, label=label, file=sys.stderr, hidden=not progress) as bar:
 
@@ -108,7 +109,9 @@ def _score(item: PairItem, align: str, progress: bool) -> FrResult:
             bar.update(1)
 
         try:
-            return score_pair(item.ref, item.dist, size=item.size, align=align, progress=advance)
+            return score_pair(
+                item.ref, item.dist, size=item.size, align=align, progress=advance, threads=threads
+            )
         except PairError as exc:
             return failed_pair(item.ref, item.dist, one_line(str(exc)))
 
@@ -146,6 +149,14 @@ def fr(
         bool, typer.Option("--resume", help="Skip pairs already in --output.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads for a frame pair's filters and pyramids (default: up "
+            f"to {MAX_THREADS} cores). The values don't depend on it.",
+        ),
+    ] = None,
 ) -> None:
     """Score (reference, distorted) pairs with GMSD, ST-GMSD, ST-RRED and MS-SSIM as the
     authors computed them (mean of per-frame values; GMSD, ST-GMSD, ST-RRED: higher is
@@ -167,7 +178,7 @@ def fr(
         if len(todo) < len(items):
             typer.echo(f"{PROG}: resuming: {len(items) - len(todo)} pairs already done", err=True)
         for item in todo:
-            result = _score(item, align, progress=sys.stderr.isatty())
+            result = _score(item, align, threads, progress=sys.stderr.isatty())
             writer.write(result)
             failures += not result.ok
             typer.echo(_summary(result), err=True)

