@@ -45,6 +45,8 @@ class Bug:
     tests: tuple[str, ...]
 
 
+FR_TESTS = ("tests/test_fr_parity.py", "tests/test_fr_cli.py")
+
 BUGS = (
     Bug(
         "run-timeout",
@@ -138,6 +140,46 @@ BUGS = (
         "            optimizer.step()\n",
         "            pass\n",
         ("tests/test_synthetic.py::test_protocol_end_to_end_on_demo_features",),
+    ),
+    Bug(
+        "fr-gmsd-std",
+        "GMSD pools with the population std, not MATLAB's std2 (N-1)",
+        "finetune/heke_finetune/fr/metrics.py",
+        "    return float(np.std(similarity, ddof=1))\n",
+        "    return float(np.std(similarity))\n",
+        FR_TESTS,
+    ),
+    Bug(
+        "fr-strred-overlap",
+        "ST-RRED pairs frames (1,2), (2,3)... instead of the authors' (1,2), (3,4)...",
+        "finetune/heke_finetune/fr/pairs.py",
+        "        (ref_first, dst_first), self._first = self._first, None\n",
+        "        (ref_first, dst_first), self._first = self._first, (ref, dst)\n",
+        FR_TESTS,
+    ),
+    Bug(
+        "fr-msssim-levels",
+        "MS-SSIM multiplies full SSIM at every level, not contrast-structure below the last",
+        "finetune/heke_finetune/fr/metrics.py",
+        "        product *= (ssim if last else cs) ** weight\n",
+        "        product *= ssim**weight\n",
+        FR_TESTS,
+    ),
+    Bug(
+        "fr-rate-ignored",
+        "heke-fr compares videos whose frame rates differ",
+        "finetune/heke_finetune/fr/pairs.py",
+        "    return math.isclose(first.fps, second.fps, rel_tol=RATE_SLACK)\n",
+        "    return True\n",
+        FR_TESTS,
+    ),
+    Bug(
+        "fr-agreement-unoriented",
+        "heke-eval --fr compares heads with MS-SSIM as it runs (higher = better)",
+        "finetune/heke_finetune/evaluate.py",
+        '    return 1.0 - value if DIRECTION[metric] == "higher-is-better" else value\n',
+        "    return value\n",
+        ("tests/test_fr_agreement.py",),
     ),
 )
 

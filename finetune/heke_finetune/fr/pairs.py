@@ -126,7 +126,8 @@ def open_pair(
     if not _same_rate(ref_info, dist_info):
         raise PairError(
             f"{where}: frame rates differ ({ref_info.fps:.3f} vs {dist_info.fps:.3f} fps), so "
-            "frames don't correspond in time; convert one to the other's rate first"
+            "frames don't correspond in time; convert one to the other's rate first (--align "
+            "only settles frame counts)"
         )
     frames = min(ref_info.num_frames, dist_info.num_frames)
     if ref_info.num_frames != dist_info.num_frames and align != "shortest":
