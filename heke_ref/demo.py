@@ -17,8 +17,18 @@ from heke_ref.preprocess import decode_all, reference_clips
 from heke_ref.samples import sample_clip
 from heke_runtime.errors import HekeError
 from heke_runtime.scores import BLIND_NAMES, blind_scores
+from heke_runtime.version import heke_version
 
-app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+PROG = "heke-ref-demo"
+# heke_ref may not import heke_runtime.cli_common (docs/ARCHITECTURE.md), so this app sets what
+# its new_app sets by hand: plain click help (a flag reads as a flag) and --version below.
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {heke_version()}")
+        raise typer.Exit()
 
 
 def clip_scores(weights: Weights, path: Path, snippets: int) -> dict[str, float]:
@@ -35,12 +45,20 @@ def run(
     clips: list[str] = typer.Argument(None, help="sample clip names (default: carphone pair)"),
     weights: Path | None = typer.Option(None, help="authors' r2p1d_model_HEKE4.pkl"),
     snippets: int = typer.Option(12, help="snippets per video (authors: 12 raw, 10 in-the-wild)"),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        expose_value=False,
+        callback=_print_version,
+        help="Print the program's name and heke's version, and exit.",
+    ),
 ) -> None:
     """Score sample clips with the reference r2p1d_HEKE_4 (higher = more distorted)."""
     try:
         _run(clips or ["carphone_pristine.mp4", "carphone_distorted.mp4"], weights, snippets)
     except HekeError as exc:
-        print(f"heke-ref-demo: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
 
 
@@ -56,4 +74,4 @@ def _run(clips: list[str], weights: Path | None, snippets: int) -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name=PROG)

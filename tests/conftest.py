@@ -1,20 +1,31 @@
-"""Shared test setup: the reference data location and the GPU marker policy.
+"""Shared test setup: the reference data location, the GPU marker policy, and the record
+schema every heke-run record a test writes must follow.
 
 GPU/TensorRT tests carry ``@pytest.mark.gpu``; they skip with a reason on machines without
 CUDA, unless ``HEKE_REQUIRE_GPU=1`` (set by ``benchmarks/gpu_check.sh``), which turns every
 such skip into a failure so a GPU run cannot pass by skipping. A GPU test that needs a module
 besides torch (cuda-bindings, TensorRT) takes it through :func:`require`, under the same policy.
+
+After each test that used ``tmp_path``, every heke-run record in a ``.jsonl`` file there is
+validated against ``runtime/heke_runtime/record.schema.json`` (:func:`check_record`), so a
+field that drifts from the published schema fails the test that wrote it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import jsonschema
 import pytest
+
+from heke_runtime.results import record_schema_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
@@ -71,3 +82,41 @@ def reference_file(name: str) -> Path:
     if not path.is_file():
         pytest.fail(f"reference folder exists but {name} is missing from it")
     return path
+
+
+@functools.cache
+def _record_validator() -> Any:
+    schema = json.loads(record_schema_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``record`` follows the record schema."""
+    _record_validator().validate(record)
+
+
+def _heke_run_records(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in folder.rglob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn line a resume test wrote on purpose
+            if isinstance(record, dict) and "schema_version" in record and "path" in record:
+                yield path, record
+
+
+@pytest.fixture(autouse=True)
+def _records_follow_the_schema(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Taken before the test, so tmp_path is torn down after this check, not before.
+    used = "tmp_path" in request.fixturenames
+    folder = request.getfixturevalue("tmp_path") if used else None
+    yield
+    if folder is None:
+        return
+    for path, record in _heke_run_records(folder):
+        try:
+            check_record(record)
+        except jsonschema.ValidationError as exc:
+            pytest.fail(f"{path.name}: a record breaks record.schema.json: {exc.message}")

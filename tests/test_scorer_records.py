@@ -73,10 +73,11 @@ def test_csv_has_fixed_columns_and_reads_back(tmp_path):
     with RecordWriter(out) as writer:
         writer.write(scored())
         writer.write(failed("b.mp4", "broken"))
-    header = out.read_text().splitlines()[0].split(",")
-    assert tuple(header) == CSV_COLUMNS
+    lines = out.read_text().splitlines()
+    assert tuple(lines[0].split(",")) == CSV_COLUMNS and "snippets" not in CSV_COLUMNS
+    assert not any(c in line for line in lines for c in "[{")  # no JSON in a cell
     back = load_results(out)
-    assert back[0].scores["ensemble"] == 3.5 and back[0].snippets[0].last_frame == 23
+    assert back[0].scores["ensemble"] == 3.5 and back[0].snippets == ()  # rows: --per-snippet
     assert back[1].error == "broken"
 
 

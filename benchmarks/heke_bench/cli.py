@@ -26,12 +26,13 @@ from typing import Annotated, Any
 import typer
 
 from heke_bench import endtoend, inputs, measure, report, system
+from heke_runtime.cli_common import new_app
 from heke_runtime.errors import HekeError
 from heke_runtime.pipeline import default_workers
 
 PROG = "heke-bench"
 STAGES = ("sgemm", "decode", "preprocess", "model", "e2e", "decode-only", "seek")
-app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, help=__doc__)
+app = new_app(__doc__)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("numpy", "av", "onnxruntime", "torch", "tensorrt", "cuda-bindings", "heke")
+# onnxruntime or onnxruntime-gpu: heke[cpu] installs the one, heke[gpu] the other ("-": absent)
+PACKAGES = (
+    "numpy",
+    "av",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "torch",
+    "tensorrt",
+    "cuda-bindings",
+    "heke",
+)
 
 
 def versions() -> dict[str, str]:

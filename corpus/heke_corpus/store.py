@@ -54,10 +54,11 @@ ID_HEX = 20  # 80 bits: a collision among 10^9 paths has odds of about 4e-7
 
 SCORE_NAMES: tuple[str, ...] = (*BLIND_NAMES, REGRESSOR_NAME)
 SCORES_TYPE = pa.struct([(name, pa.float64()) for name in SCORE_NAMES])
-JSON_FIELDS: tuple[str, ...] = ("video", "sampling", "engine", "regressor", "snippets")
+JSON_FIELDS: tuple[str, ...] = ("pooled", "video", "sampling", "engine", "regressor", "snippets")
 ROW_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("schema_version", pa.int64()),
         ("path", pa.string()),
         ("status", pa.string()),
         ("scores", SCORES_TYPE),

@@ -11,12 +11,13 @@ import typer
 from heke_export.onnx_export import PRECISIONS, Precision
 from heke_export.pipeline import ExportOptions, artifacts_from_weights, weights_for
 from heke_export.trt_build import BuildOptions, Profile, Range, default_profile
+from heke_runtime.cli_common import new_app
 from heke_runtime.errors import HekeError
 from heke_runtime.models import model_entry
 from heke_runtime.spec import MODEL_NAMES, default_spec
 
-# No rich markup: option help mentions "heke[trt]", which rich would read as a style tag.
-app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
+# Plain help (new_app): option help mentions "heke[trt]", which rich would read as a style tag.
+app = new_app()
 
 
 class PrecisionChoice(str, Enum):

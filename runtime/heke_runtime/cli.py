@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Generator, Sequence
-from contextlib import closing
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -25,8 +26,17 @@ from heke_runtime.cli_common import (
     run_app,
 )
 from heke_runtime.errors import HekeError
-from heke_runtime.results import RecordWriter, VideoResult, failed, format_table
+from heke_runtime.results import (
+    RecordWriter,
+    VideoResult,
+    failed,
+    format_table,
+    record_schema_text,
+    with_pools,
+)
 from heke_runtime.scorer import DEFAULT_BATCH_SIZE, InputItem, Scorer, expand_inputs
+from heke_runtime.scores import POOLS_HELP, parse_pools
+from heke_runtime.snippet_table import SnippetTable, check_path
 
 PROG = "heke-run"
 
@@ -62,9 +72,16 @@ def check_options(
 
 
 def score_inputs(
-    scorer: Scorer, items: Sequence[InputItem], writer: RecordWriter, *, progress: bool
+    scorer: Scorer,
+    items: Sequence[InputItem],
+    writer: RecordWriter,
+    *,
+    progress: bool,
+    pools: Sequence[str] = (),
+    snippets: SnippetTable | None = None,
 ) -> list[VideoResult]:
-    """Score every item not already in the output, writing each record as it finishes."""
+    """Score every item not already in the output, writing each record as it finishes (its
+    snippet rows first, so a record implies its rows; ``snippet_table`` module)."""
     todo = [item for item in items if not writer.has(item.path)]
     if len(todo) < len(items):
         typer.echo(f"{PROG}: resuming: {len(items) - len(todo)} inputs already done", err=True)
@@ -75,7 +92,10 @@ def score_inputs(
         ) as bar,
         closing(_results(scorer, todo)) as results_in_order,
     ):
-        for result in results_in_order:
+        for scored in results_in_order:
+            result = with_pools(scored, pools)
+            if snippets is not None:
+                snippets.write(result)
             writer.write(result)
             results.append(result)
             echo_problems(PROG, result)
@@ -89,6 +109,26 @@ def _results(scorer: Scorer, items: Sequence[InputItem]) -> Generator[VideoResul
     with closing(scorer.score_many(i.path for i in items if i.error is None)) as scored:
         for item in items:
             yield failed(item.path, item.error) if item.error else next(scored)
+
+
+def _print_schema(value: bool) -> None:
+    if value:
+        typer.echo(record_schema_text(), nl=False)
+        raise typer.Exit(EXIT_OK)
+
+
+def _parse_pools(text: str) -> tuple[str, ...]:
+    try:
+        return parse_pools(text)
+    except ValueError as exc:
+        usage_error(str(exc))
+
+
+def _check_per_snippet(path: Path) -> None:
+    try:
+        check_path(path)
+    except HekeError as exc:
+        usage_error(str(exc))
 
 
 @app.command()
@@ -175,9 +215,36 @@ def run(
         int | None,
         typer.Option(min=0, help="ONNX Runtime (0 = all cores) or torch CPU threads."),
     ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help=f"Poolings over snippets, comma separated: {POOLS_HELP} Each one gives every "
+            "head, the ensemble and the regressor a value in the record and the table."
+        ),
+    ] = "mean",
+    per_snippet: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write one row per snippet (path, index, times, frames, heads, ensemble, "
+            "regressor) to this .csv or .parquet file."
+        ),
+    ] = None,
+    schema: Annotated[
+        bool,
+        typer.Option(
+            "--schema",
+            is_eager=True,
+            expose_value=False,
+            callback=_print_schema,
+            help="Print the JSON Schema of a record and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Score videos; records stream to --output as each video finishes, a table ends the run."""
     dims = parse_size(size)
+    pools = _parse_pools(pool)
+    if per_snippet is not None:
+        _check_per_snippet(per_snippet)
     common.check_timeout(PROG, timeout)
     if timeout is not None and workers == 0:  # decoding in this thread cannot be given up on
         usage_error("--timeout needs the pipeline (--workers 1 or more)")
@@ -204,33 +271,63 @@ def run(
         )
     except HekeError as exc:
         common.failure(PROG, exc)
-    results = _run(scorer, items, target, resume, overwrite)
+    outputs = Outputs(target, resume, overwrite, pools, per_snippet)
+    results = _run(scorer, items, outputs)
     _report(results, to_stderr=output == "-")
     if plot is not None:
         _plot(results, plot)
     raise typer.Exit(EXIT_OK if all(r.ok for r in results) else EXIT_FAILED)
 
 
-def _run(
-    scorer: Scorer,
-    items: list[InputItem],
-    target: Path | None,
-    resume: bool,
-    overwrite: bool,
-) -> list[VideoResult]:
-    writer = RecordWriter(target, resume=resume, overwrite=overwrite)
+@dataclass(frozen=True)
+class Outputs:
+    """Where results go: records (``target``; None = stdout), snippet rows, poolings."""
+
+    target: Path | None
+    resume: bool
+    overwrite: bool
+    pools: tuple[str, ...] = ()
+    per_snippet: Path | None = None
+
+
+def _run(scorer: Scorer, items: list[InputItem], outputs: Outputs) -> list[VideoResult]:
+    with ExitStack() as stack:
+        writer, snippets = _open_outputs(outputs, stack)
+        try:
+            with scorer:
+                typer.echo(f"{PROG}: {_describe(scorer)}", err=True)
+                return score_inputs(
+                    scorer,
+                    items,
+                    writer,
+                    progress=sys.stderr.isatty(),
+                    pools=outputs.pools,
+                    snippets=snippets,
+                )
+        except HekeError as exc:  # the engine cannot run, or an output cannot be written
+            common.failure(PROG, exc)
+    raise AssertionError("unreachable")  # the with block returns or exits
+
+
+def _open_outputs(outputs: Outputs, stack: ExitStack) -> tuple[RecordWriter, SnippetTable | None]:
+    """Open the records and the snippet table; one we may not write or resume is a usage
+    error. Closed by ``stack`` whatever happens."""
+    writer = RecordWriter(
+        outputs.target, resume=outputs.resume, overwrite=outputs.overwrite, pools=outputs.pools
+    )
     try:
-        writer.__enter__()
-    except (HekeError, OSError) as exc:  # an output we may not write or resume is a usage error
+        stack.enter_context(writer)
+        if outputs.per_snippet is None:
+            return writer, None
+        table = SnippetTable(
+            outputs.per_snippet,
+            resume=outputs.resume,
+            overwrite=outputs.overwrite,
+            keep=set(writer.done),
+        )
+        return writer, stack.enter_context(table)
+    except (HekeError, OSError) as exc:
         usage_error(str(exc))
-    try:
-        with scorer:
-            typer.echo(f"{PROG}: {_describe(scorer)}", err=True)
-            return score_inputs(scorer, items, writer, progress=sys.stderr.isatty())
-    except HekeError as exc:  # the engine cannot run, or the output cannot be written
-        common.failure(PROG, exc)
-    finally:
-        writer.__exit__(None, None, None)
 
 
 def _describe(scorer: Scorer) -> str:

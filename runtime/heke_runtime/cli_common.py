@@ -1,5 +1,6 @@
-"""What every heke command line shares: exit statuses, one-line errors, the ``--size``
-parser, the per-video problem lines, and an entry point that returns its exit status.
+"""What every heke command line shares: the app (plain help, ``--version``), exit statuses,
+one-line errors, the ``--size`` parser, the per-video problem lines, and an entry point that
+returns its exit status.
 
 Exit status everywhere: 0 done, 1 something failed (one line on stderr, no traceback),
 2 a usage error.
@@ -7,14 +8,17 @@ Exit status everywhere: 0 done, 1 something failed (one line on stderr, no trace
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.core
+import typer.main
 
 from heke_runtime.errors import HekeError
 from heke_runtime.results import VideoResult, one_line
+from heke_runtime.version import heke_version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT_HELP = (
@@ -23,9 +27,88 @@ TIMEOUT_HELP = (
 )
 
 
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        typer.echo(f"{ctx.find_root().info_name} {heke_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
+# Eager: it answers before any other option or argument is checked, as click's own does.
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        is_eager=True,
+        expose_value=False,
+        callback=_print_version,
+        help="Print the program's name and heke's version, and exit.",
+    ),
+]
+
+
+def _version_option() -> typer.core.TyperOption:
+    """:data:`VersionOption` as the option object typer builds from it (typer's public API
+    only: a throwaway one-command app), to be appended to a command's parameters as typer
+    appends its own completion options."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def probe_command(version: VersionOption = False) -> None:
+        """Never run."""
+
+    option = typer.main.get_command(probe).params[0]
+    if not isinstance(option, typer.core.TyperOption):  # only if typer changes how it builds
+        raise TypeError(f"typer built {type(option).__name__} for --version, not an option")
+    return option
+
+
+class _VersionedCommand(typer.core.TyperCommand):
+    """A command with ``--version``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(_version_option())
+
+
+class _VersionedGroup(typer.core.TyperGroup):
+    """A group of commands with ``--version`` (``heke-features --version``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.params.append(_version_option())
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+class _HekeTyper(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`_VersionedCommand` unless told otherwise.
+
+    A typer callback would add ``--version`` too, but it turns a one-command app into a group
+    that wants the command's name first, so the option joins each command instead.
+    """
+
+    def command(
+        self,
+        name: str | None = None,
+        *,
+        cls: type[typer.core.TyperCommand] | None = None,
+        **kwargs: Any,
+    ) -> Callable[[_Function], _Function]:
+        return super().command(name, cls=cls or _VersionedCommand, **kwargs)
+
+
 def new_app(help_text: str | None = None) -> typer.Typer:
-    """A Typer app without shell-completion options or local variables in tracebacks."""
-    return typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, help=help_text)
+    """A Typer app for a heke command: ``--version`` on it and on each of its commands; plain
+    click help (``rich_markup_mode=None``: a flag reads ``--resume``, not ``--resume <bool>``);
+    no shell-completion options; no local variables in tracebacks."""
+    return _HekeTyper(
+        cls=_VersionedGroup,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode=None,
+        help=help_text,
+    )
 
 
 def usage_error(prog: str, message: str) -> NoReturn:

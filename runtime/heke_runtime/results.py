@@ -19,7 +19,8 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, TypeVar
@@ -27,9 +28,12 @@ from typing import IO, Any, Literal, TypeVar
 import numpy as np
 
 from heke_runtime.errors import HekeError
-from heke_runtime.scores import BLIND_NAMES
+from heke_runtime.scores import BLIND_NAMES, MEAN, pool
 
 REGRESSOR_NAME = "regressor"
+# Bumped when a record's fields change meaning or go away (adding a field does not);
+# record.schema.json, beside this file, is the record's JSON Schema (heke-run --schema).
+SCHEMA_VERSION = 1
 SCALE_NOTE = "DMOS-like, about 0.5-10, higher = more distorted"
 DEMO_NOTE = "demo weights: these scores are not quality predictions"
 
@@ -111,6 +115,7 @@ class VideoResult:
     warnings: tuple[str, ...] = ()
     error: str | None = None
     elapsed_s: float = 0.0
+    pooled: dict[str, dict[str, float | None]] = field(default_factory=dict)
     heads: np.ndarray | None = field(default=None, repr=False, compare=False)
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -119,12 +124,14 @@ class VideoResult:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON record (no arrays)."""
+        """The JSON record (no arrays); ``record.schema.json`` describes it."""
         data = {
+            "schema_version": SCHEMA_VERSION,
             "path": self.path,
             "status": self.status,
             "scores": _rounded(self.scores),
             "spread": _rounded(self.spread),
+            "pooled": {how: _rounded_or_none(v) for how, v in self.pooled.items()},
             "scale": SCALE_NOTE,
             "demo_weights": self.demo_weights,
             "video": _video_dict(self.video) if self.video else None,
@@ -153,6 +160,7 @@ class VideoResult:
             status="ok" if data.get("status") == "ok" else "error",
             scores={k: float(v) for k, v in (data.get("scores") or {}).items()},
             spread={k: float(v) for k, v in (data.get("spread") or {}).items()},
+            pooled={how: dict(v) for how, v in (data.get("pooled") or {}).items()},
             snippets=tuple(_snippet_from(s) for s in data.get("snippets") or ()),
             video=part(VideoMeta, "video"),
             sampling=part(Sampling, "sampling"),
@@ -196,6 +204,34 @@ def _rounded(scores: Mapping[str, float]) -> dict[str, float]:
     return {name: round(float(value), 6) for name, value in scores.items()}
 
 
+def _rounded_or_none(scores: Mapping[str, float | None]) -> dict[str, float | None]:
+    return {name: None if v is None else round(float(v), 6) for name, v in scores.items()}
+
+
+def record_schema_text() -> str:
+    """``record.schema.json``, shipped in this package (heke-run --schema)."""
+    return (resources.files("heke_runtime") / "record.schema.json").read_text()
+
+
+def with_pools(result: VideoResult, pools: Sequence[str]) -> VideoResult:
+    """``result`` with each pooling but the mean (which ``scores`` already is) of every
+    per-snippet score; a pooling a video can't have (the harmonic mean of scores that are not
+    all positive) is None with a warning."""
+    others = [how for how in pools if how != MEAN]
+    if not result.ok or not others or not result.snippets:
+        return result
+    names = list(result.snippets[0].scores)
+    columns = {n: np.array([s.scores[n] for s in result.snippets]) for n in names}
+    pooled = {how: {n: pool(columns[n], how) for n in names} for how in others}
+    notes = [
+        f"{how} pooling undefined for {', '.join(n for n, v in values.items() if v is None)}: "
+        "the harmonic mean needs positive scores"
+        for how, values in pooled.items()
+        if None in values.values()
+    ]
+    return replace(result, pooled=pooled, warnings=(*result.warnings, *notes))
+
+
 def _snippet_from(data: Mapping[str, Any]) -> SnippetScore:
     fixed = ("index", "start_s", "end_s", "first_frame", "last_frame")
     return SnippetScore(
@@ -228,13 +264,18 @@ CSV_COLUMNS: tuple[str, ...] = (
     "engine_sha256",
     "weights_sha256",
     "error",
-    "snippets",
 )
 
 
+def csv_columns(pools: Sequence[str] = ()) -> tuple[str, ...]:
+    """The video-level columns; each pooling but the mean adds ``<score>_<pooling>``
+    columns (``ensemble_p95``). Per-snippet rows go to ``--per-snippet``, never into a cell."""
+    extra = [f"{n}_{how}" for how in pools if how != MEAN for n in (*BLIND_NAMES, REGRESSOR_NAME)]
+    return (*CSV_COLUMNS[:-1], *extra, CSV_COLUMNS[-1])
+
+
 def csv_row(result: VideoResult) -> dict[str, Any]:
-    """One flat row; ``snippets`` holds the per-snippet records as compact JSON."""
-    record = result.to_dict()
+    """One flat row of the video-level table."""
     video, sampling, engine = result.video, result.sampling, result.engine
     row: dict[str, Any] = {name: result.scores.get(name, "") for name in BLIND_NAMES}
     row.update(
@@ -254,8 +295,9 @@ def csv_row(result: VideoResult) -> dict[str, Any]:
         engine_sha256=engine.sha256 if engine else "",
         weights_sha256=engine.weights_sha256 if engine else "",
         error=result.error or "",
-        snippets=json.dumps(record["snippets"], separators=(",", ":")),
     )
+    for how, values in result.pooled.items():
+        row.update({f"{n}_{how}": "" if v is None else v for n, v in values.items()})
     return row
 
 
@@ -268,7 +310,6 @@ def _record_from_csv(row: Mapping[str, str]) -> dict[str, Any]:
         "scores": scores,
         "spread": spread,
         "demo_weights": row.get("demo_weights") == "true",
-        "snippets": json.loads(row["snippets"]) if row.get("snippets") else [],
         "error": row.get("error") or None,
     }
 
@@ -297,9 +338,16 @@ class RecordWriter:
     columns: tuple[str, ...] = CSV_COLUMNS
 
     def __init__(
-        self, path: str | Path | None, *, resume: bool = False, overwrite: bool = False
+        self,
+        path: str | Path | None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        pools: Sequence[str] = (),
     ) -> None:
         self.path = Path(path) if path is not None else None
+        if pools:
+            self.columns = csv_columns(pools)
         self.format = output_format(self.path)
         self.resume = resume
         self.overwrite = overwrite
@@ -339,7 +387,9 @@ class RecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def keys(self, path: Path) -> dict[str, str]:
-        """Key -> status of each record already in ``path``."""
+        """Key -> status of each record already in ``path`` (written with the same columns)."""
+        if self.format == "csv":
+            _check_header(path, self.columns)
         return {path_key(r["path"]): str(r.get("status")) for r in read_records(path)}
 
     def row(self, result: Any) -> dict[str, Any]:
@@ -426,9 +476,19 @@ def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         return []
-    if tuple(reader.fieldnames) != CSV_COLUMNS:
-        raise OutputError(f"{path}: its CSV columns are not heke-run's; cannot resume it")
+    if not set(CSV_COLUMNS) <= set(reader.fieldnames):
+        raise OutputError(f"{path}: its CSV columns are not heke-run's; cannot read it")
     return [_record_from_csv(row) for row in reader if row.get("path")]
+
+
+def _check_header(path: Path, columns: Sequence[str]) -> None:
+    """Resuming appends rows: the file's columns must be the ones this run writes."""
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if header and tuple(header) != tuple(columns):
+        raise OutputError(
+            f"{path}: its CSV columns differ from this run's (another --pool?); cannot resume it"
+        )
 
 
 def load_results(path: str | Path) -> list[VideoResult]:
@@ -468,11 +528,25 @@ def format_table(results: Sequence[VideoResult], *, path_width: int = 40) -> str
         else:
             cells.append(result.error or "")
         lines.append("  ".join(cells))
+    for how in dict.fromkeys(how for r in results for how in r.pooled):
+        lines += _pooled_rows(results, how, names, path_width)
     ok = sum(r.ok for r in results)
     lines.append(f"{ok} scored, {len(results) - ok} failed; scale: {SCALE_NOTE}")
     if any(r.demo_weights for r in results):
         lines.append(f"NOTE: {DEMO_NOTE}")
     return "\n".join(lines)
+
+
+def _pooled_rows(
+    results: Sequence[VideoResult], how: str, names: Sequence[str], path_width: int
+) -> list[str]:
+    """The same columns pooled another way (``--pool``), under a line naming the pooling."""
+    lines = [f"-- {how} over snippets".ljust(path_width + 8) + "  ".join(n.rjust(8) for n in names)]
+    for result in results:
+        if how in result.pooled:
+            cells = [_number(result.pooled[how].get(n), 8) for n in names]
+            lines.append(_short(result.path, path_width).ljust(path_width + 8) + "  ".join(cells))
+    return lines
 
 
 def _frames(result: VideoResult) -> str:

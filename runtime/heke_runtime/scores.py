@@ -36,3 +36,42 @@ def blind_scores(heads: np.ndarray) -> dict[str, np.ndarray]:
     scores = {name: per_head[..., i] for i, name in enumerate(HEAD_NAMES)}
     scores[ENSEMBLE] = per_head.mean(axis=-1)
     return scores
+
+
+# --- other poolings (heke-run --pool) ---------------------------------------------------------
+
+MEAN = "mean"
+POOLS_HELP = (
+    "mean (the blind score the authors defined), harmonic, min, max, median, or pN, the N-th "
+    "percentile (p5, p95; linear interpolation). Heads run higher = more distorted, so max and "
+    "p95 are the worst snippets."
+)
+_NAMED_POOLS = ("mean", "harmonic", "min", "max", "median")
+
+
+def parse_pools(text: str) -> tuple[str, ...]:
+    """``"mean,p95"`` -> ``("mean", "p95")``; ``ValueError`` naming what is not a pooling."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    bad = [n for n in names if not _known_pool(n)]
+    if bad or not names:
+        raise ValueError(
+            f"--pool {text!r}: {', '.join(bad) or 'nothing'} is not one of {POOLS_HELP}"
+        )
+    return names
+
+
+def _known_pool(name: str) -> bool:
+    if name in _NAMED_POOLS:
+        return True
+    return name[:1] == "p" and name[1:].isdigit() and 0 <= int(name[1:]) <= 100
+
+
+def pool(values: np.ndarray, how: str) -> float | None:
+    """One pooled value of a video's per-snippet scores; None where ``how`` is undefined (the
+    harmonic mean of scores that are not all positive)."""
+    data = np.asarray(values, dtype=np.float64)
+    if how == "harmonic":
+        return float(data.size / np.sum(1.0 / data)) if np.all(data > 0) else None
+    if how in ("mean", "min", "max", "median"):
+        return float(getattr(np, how)(data))
+    return float(np.percentile(data, int(how[1:])))

@@ -5,10 +5,17 @@ says which (``device``). The TensorRT execution provider is only used when asked
 builds an engine per new input shape, which is slow to start and surprising by default.
 Asking for ``cuda`` or ``tensorrt`` on a build or machine without it is an error, never a
 quiet CPU run.
+
+ONNX Runtime comes from one of two extras, never both (the two packages write the same
+``onnxruntime`` module): ``heke[cpu]`` (onnxruntime) or ``heke[gpu]`` (onnxruntime-gpu, with
+the CUDA and cuDNN libraries as pip packages, which :func:`_preload_cuda_libraries` loads).
+Without either, opening the backend says which to install.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -25,16 +32,38 @@ PROVIDERS: dict[str, str] = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+INSTALL = "pip install 'heke[cpu]' (or 'heke[gpu]' for NVIDIA GPUs)"
+REINSTALL = (
+    "pip uninstall -y onnxruntime onnxruntime-gpu, then "
+    "pip install 'heke[cpu]' or 'heke[gpu]' (one of them)"
+)
 
 
 def _import_onnxruntime() -> ModuleType:
     try:
         import onnxruntime
-    except ImportError as exc:  # a core dependency, but say what to do if it is gone
+    except ImportError as exc:
+        if exc.name == "onnxruntime":
+            raise BackendUnavailableError(f"no ONNX Runtime installed: {INSTALL}") from None
         raise BackendUnavailableError(
-            f"onnxruntime is not importable ({exc}); reinstall heke (pip install heke)"
+            f"ONNX Runtime is installed but does not import ({exc}); {REINSTALL}"
         ) from None
+    if not hasattr(onnxruntime, "InferenceSession"):  # what removing one of the two leaves
+        raise BackendUnavailableError(
+            "ONNX Runtime is broken (an onnxruntime folder without its library: were "
+            f"onnxruntime and onnxruntime-gpu both installed, then one removed?); {REINSTALL}"
+        )
     return onnxruntime
+
+
+def _preload_cuda_libraries(ort: ModuleType) -> None:
+    """Load the CUDA and cuDNN libraries that ``heke[gpu]`` installs as pip packages, which the
+    system's loader does not search: ONNX Runtime's own ``preload_dlls`` (1.21 and later; a
+    no-op on CPU builds). Its messages go to stderr, so stdout keeps only records."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(sys.stderr):
+            preload()
 
 
 def choose_providers(provider: str, available: list[str]) -> list[str]:
@@ -46,10 +75,15 @@ def choose_providers(provider: str, available: list[str]) -> list[str]:
         raise BackendError(f"unknown ONNX Runtime provider {provider!r}; valid: {valid}")
     wanted = PROVIDERS[provider]
     if wanted not in available:
-        package = "onnxruntime-gpu" if provider != "cpu" else "onnxruntime"
+        hint = (
+            "for NVIDIA GPUs: pip uninstall -y onnxruntime, then "
+            "pip install 'heke[gpu]' (onnxruntime-gpu; never both)"
+            if provider != "cpu"
+            else REINSTALL
+        )
         raise BackendUnavailableError(
             f"ONNX Runtime provider {wanted} is not in this build (available: "
-            f"{', '.join(available)}); install {package} instead of the CPU-only onnxruntime"
+            f"{', '.join(available)}); {hint}"
         )
     return [wanted] if provider == "cpu" else [wanted, PROVIDERS["cpu"]]
 
@@ -69,6 +103,7 @@ class OnnxRuntimeBackend(BaseBackend):
         device_id: int = 0,
     ) -> None:
         super().__init__(artifact)
+        _import_onnxruntime()  # none installed: say so when the backend is opened, not later
         if provider != "auto" and provider not in PROVIDERS:
             valid = ", ".join(["auto", *PROVIDERS])
             raise BackendError(f"unknown ONNX Runtime provider {provider!r}; valid: {valid}")
@@ -92,6 +127,8 @@ class OnnxRuntimeBackend(BaseBackend):
     def _load(self) -> None:
         ort = _import_onnxruntime()
         requested = self._requested_providers()
+        if requested[0] != PROVIDERS["cpu"]:
+            _preload_cuda_libraries(ort)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; the runtime reports what matters
         if self.threads is not None:
