@@ -11,7 +11,7 @@ from collections.abc import Generator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, cast
 
 import typer
 
@@ -38,17 +38,21 @@ from heke_runtime.scorer import DEFAULT_BATCH_SIZE, InputItem, Scorer, expand_in
 from heke_runtime.scores import POOLS_HELP, parse_pools
 from heke_runtime.snippet_table import SnippetTable, check_path
 
+if TYPE_CHECKING:
+    from heke_runtime.decode import OnDamage
+
 PROG = "heke-run"
+ON_DAMAGE_HELP = (
+    "What a damaged video (corrupt packets, frames decoded with errors) gets: 'fail' (an error "
+    "record, no score) or 'conceal' (scored as FFmpeg's error concealment decodes it; the "
+    "record gets a 'concealed damage: N of M decoded frames had errors' warning)."
+)
 
 app = new_app("Score videos with a HEKE engine (blind quality: higher = more distorted).")
 
 
 def usage_error(message: str) -> NoReturn:
     common.usage_error(PROG, message)
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    return common.parse_size(PROG, text)
 
 
 def check_options(
@@ -167,9 +171,14 @@ def run(
             "(in-the-wild files). Default: the engine's (12; 20 frame pairs for resnet).",
         ),
     ] = None,
-    size: Annotated[
-        str | None, typer.Option(help="WIDTHxHEIGHT of raw .yuv (yuv420p) inputs.")
-    ] = None,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT of raw .yuv inputs.")] = None,
+    pix_fmt: Annotated[
+        str,
+        typer.Option(
+            help="Pixel format of raw .yuv inputs: yuv420p, yuv422p, yuv444p, yuv420p10le, or "
+            "any planar format's FFmpeg name."
+        ),
+    ] = "yuv420p",
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip inputs already recorded in --output; append.")
     ] = False,
@@ -211,6 +220,7 @@ def run(
             help=f"{TIMEOUT_HELP} Needs the pipeline (--workers 1 or more).",
         ),
     ] = None,
+    on_damage: Annotated[str, typer.Option(metavar="fail|conceal", help=ON_DAMAGE_HELP)] = "fail",
     threads: Annotated[
         int | None,
         typer.Option(min=0, help="ONNX Runtime (0 = all cores) or torch CPU threads."),
@@ -241,13 +251,15 @@ def run(
     ] = False,
 ) -> None:
     """Score videos; records stream to --output as each video finishes, a table ends the run."""
-    dims = parse_size(size)
+    dims = common.raw_size(PROG, size, pix_fmt)
     pools = _parse_pools(pool)
     if per_snippet is not None:
         _check_per_snippet(per_snippet)
     common.check_timeout(PROG, timeout)
     if timeout is not None and workers == 0:  # decoding in this thread cannot be given up on
         usage_error("--timeout needs the pipeline (--workers 1 or more)")
+    if on_damage not in ("fail", "conceal"):
+        usage_error(f"--on-damage must be 'fail' or 'conceal', got {on_damage!r}")
     backend = check_options(engine, regressor, backend, output, resume)
     if plot is not None:
         _require_plot()
@@ -268,6 +280,7 @@ def run(
             threads=threads,
             workers=workers,
             timeout=timeout,
+            on_damage=cast("OnDamage", on_damage),
         )
     except HekeError as exc:
         common.failure(PROG, exc)

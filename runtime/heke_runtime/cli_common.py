@@ -19,6 +19,7 @@ import typer.main
 from heke_runtime.errors import HekeError
 from heke_runtime.results import VideoResult, one_line
 from heke_runtime.version import heke_version
+from heke_runtime.yuv import RawSize, check_raw_pix_fmt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT_HELP = (
@@ -150,6 +151,17 @@ def parse_size(prog: str, text: str | None) -> tuple[int, int] | None:
         return size_from_text(text)
     except ValueError as exc:
         usage_error(prog, str(exc))
+
+
+def raw_size(prog: str, text: str | None, pix_fmt: str) -> tuple[int, int] | None:
+    """``--size`` and ``--pix-fmt`` as the size raw inputs are read with; a bad value of
+    either is a usage error."""
+    try:
+        check_raw_pix_fmt(pix_fmt)
+        size = size_from_text(text)
+    except ValueError as exc:
+        usage_error(prog, str(exc))
+    return None if size is None else RawSize(*size, pix_fmt)
 
 
 def check_timeout(prog: str, seconds: float | None) -> None:

@@ -1,4 +1,4 @@
-"""Video decoding for the runtime: PyAV (FFmpeg) for container files, raw yuv420p for ``.yuv``.
+"""Video decoding for the runtime: PyAV (FFmpeg) for container files, raw planar YUV for ``.yuv``.
 
 Frame numbering
     Frame ``i`` is the ``i``-th picture FFmpeg's decoder outputs: display (presentation) order,
@@ -61,9 +61,24 @@ Damaged files (policy: a damaged video is an error, never a silent partial score
     Repair such files first (e.g. re-mux or re-encode with ffmpeg). A truncated MP4/MOV whose
     index is at the end cannot be opened at all; an MPEG-TS cut at a packet boundary is a valid
     shorter stream.
+    ``on_damage="conceal"`` (``heke-run --on-damage conceal``) opts out: corrupt packets and
+    frames with errors are kept as FFmpeg's decoder conceals them (its defaults, as the FFmpeg
+    CLI: ``ec=guess_mvs+deblock``, no ``err_detect``), packets the decoder rejects lose their
+    frames, and one :class:`DamageWarning` says ``concealed damage: N of M decoded frames had
+    errors (first at frame K, T s)`` (N counts the frames FFmpeg flags; corrupt and rejected
+    packets are named after it; where a packet is the first sign, K is the number of frames
+    output before it, which decoder delay and threads shift by a few frames). Since lost frames
+    break the demuxed index, damage switches to counting by decoding: a corrupt packet at probe
+    time, or any damage ``read_frames`` meets under a demuxed index (a :class:`FrameIndexError`,
+    upon which ``load_clips`` probes again with ``count="decode"``). That full decode counts the
+    damage over the whole video, and the frame numbers are those of the concealed decode.
+    Unopenable files, read errors, no decodable frame and truncated Matroska still fail: there
+    is nothing there to conceal.
 
-Raw ``.yuv`` files are yuv420p with the size given (``size=(width, height)``), counted from the
-file size; they carry no timing, so ``fps`` defaults to :data:`RAW_FPS` unless given.
+Raw ``.yuv`` files have the size given (``size=(width, height)``) and are yuv420p, or the
+planar format a :class:`heke_runtime.yuv.RawSize` names (``--pix-fmt``: yuv422p, yuv444p,
+yuv420p10le...; converted to RGB by swscale, as every container frame is); frames are counted
+from the file size. They carry no timing, so ``fps`` defaults to :data:`RAW_FPS` unless given.
 Decoding uses FFmpeg's frame and slice threads (``thread_type = "AUTO"``). Memory is bounded:
 frames are decoded one after another and only requested ones are converted to RGB.
 """
@@ -84,7 +99,7 @@ import numpy as np
 from av.sidedata.sidedata import SideData
 
 from heke_runtime.errors import VideoDecodeError
-from heke_runtime.yuv import read_yuv420p_frames, read_yuv420p_luma, yuv420p_frame_count
+from heke_runtime.yuv import raw_frame_count, raw_pix_fmt, read_raw_frames, read_raw_luma
 
 RAW_SUFFIXES = frozenset({".yuv"})
 RAW_FPS = 25.0  # nominal rate for raw files, which store none (LIVE-style sets are 25/50 fps)
@@ -98,10 +113,20 @@ SEEK_MIN_SKIP = 24
 
 CountMethod = Literal["auto", "decode"]
 SeekMode = Literal["auto", "never", "always"]
+OnDamage = Literal["fail", "conceal"]
+ON_DAMAGE_CHOICES: tuple[OnDamage, ...] = ("fail", "conceal")
 
 
 class FrameIndexError(VideoDecodeError):
     """Decoded frames disagree with the demuxed frame index (see the module docstring)."""
+
+
+class _DamageError(VideoDecodeError):
+    """Damaged data found while decoding (``on_damage="fail"``, or a re-count under conceal)."""
+
+
+class DamageWarning(UserWarning):
+    """A damaged video was decoded with FFmpeg's error concealment (``on_damage="conceal"``)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +170,40 @@ class _Scan:
     starts_with_keyframe: bool = True
     seen_packet: bool = False
     keyframes: list[tuple[int, int]] = field(default_factory=list)  # (pts, dts)
+    damaged: bool = False  # a corrupt packet was seen (only under on_damage="conceal")
+
+
+@dataclass
+class _Damage:
+    """What concealing decoding met: frames out, frames flagged with errors, packets flagged
+    corrupt by the demuxer or rejected by the decoder, and where the first sign was."""
+
+    frames: int = 0
+    corrupt_frames: int = 0
+    corrupt_packets: int = 0
+    rejected_packets: int = 0
+    first: tuple[int, float | None] | None = None  # (frame position, seconds)
+
+    def seen(self, position: int, seconds: float | None) -> None:
+        if self.first is None:
+            self.first = (position, seconds)
+
+    def message(self) -> str:
+        position, seconds = self.first or (0, None)
+        where = f"frame {position}" + (f", {seconds:.1f} s" if seconds is not None else "")
+        text = (
+            f"concealed damage: {self.corrupt_frames} of {self.frames} decoded frames had "
+            f"errors (first at {where})"
+        )
+        extra = [
+            f"{n} {what}"
+            for n, what in (
+                (self.corrupt_packets, "corrupt packets"),
+                (self.rejected_packets, "packets the decoder rejected (their frames are lost)"),
+            )
+            if n
+        ]
+        return text + (f"; {', '.join(extra)}" if extra else "")
 
 
 def probe_video(
@@ -153,27 +212,32 @@ def probe_video(
     size: tuple[int, int] | None = None,
     fps: float | None = None,
     count: CountMethod = "auto",
+    on_damage: OnDamage = "fail",
 ) -> VideoInfo:
     """Open, index and check a video; see the module docstring for every rule applied.
 
     ``size``: ``(width, height)`` of a raw ``.yuv`` file (ignored for container files, which
     store their size). ``fps``: frame rate of a raw file (default :data:`RAW_FPS`).
     ``count``: ``"auto"`` (demuxed index, decoding only when it cannot be trusted) or
-    ``"decode"`` (always count by decoding).
+    ``"decode"`` (always count by decoding). ``on_damage``: ``"fail"`` raises
+    :class:`VideoDecodeError` on damaged data, ``"conceal"`` keeps what FFmpeg's error
+    concealment makes of it and warns (:class:`DamageWarning`; "Damaged files" in the module
+    docstring).
     """
     if count not in ("auto", "decode"):
         raise ValueError(f"count must be 'auto' or 'decode', got {count!r}")
+    _check_on_damage(on_damage)
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() in RAW_SUFFIXES:
         return _probe_raw(path, size, fps)
     with _open(path) as container:  # stream attributes are only valid while it is open
         stream = _video_stream(container, path)
-        scan = _scan(container, stream, path)
+        scan = _scan(container, stream, path, conceal=on_damage == "conceal")
         _check_truncation(container, scan, path)
         pts, method = scan.pts, "demux"
-        if count == "decode" or not _index_trusted(scan):
-            pts, method = _decoded_pts(path, stream.index), "decode"
+        if count == "decode" or scan.damaged or not _index_trusted(scan):
+            pts, method = _decoded_pts(path, stream.index, on_damage), "decode"
         info = _info(path, stream, scan.first_frame, pts, method)
         if method == "demux" and scan.keyframes:
             keys = np.unique(np.asarray(scan.keyframes, dtype=np.int64), axis=0)
@@ -188,6 +252,7 @@ def read_frames(
     size: tuple[int, int] | None = None,
     info: VideoInfo | None = None,
     seek: SeekMode = "auto",
+    on_damage: OnDamage = "fail",
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, rgb)`` for each distinct requested frame, in ascending order.
 
@@ -199,19 +264,43 @@ def read_frames(
     see "Seeking" in the module docstring. Raises ``ValueError`` for
     an index outside the video (at the call), :class:`VideoDecodeError` for damaged data and
     :class:`FrameIndexError` when decoding disagrees with the index (while iterating).
+    ``on_damage="conceal"``: frames counted by decoding (``count_method == "decode"``, where
+    :func:`probe_video` already reported the damage) are read concealed; damage met under a
+    demuxed index raises :class:`FrameIndexError`, so that the caller counts by decoding.
     """
+    _check_on_damage(on_damage)
     if info is None:
-        info = probe_video(path, size=size)
+        info = probe_video(path, size=size, on_damage=on_damage)
     wanted = _wanted(indices, info)
     if seek not in ("auto", "never", "always"):
         raise ValueError(f"seek must be 'auto', 'never' or 'always', got {seek!r}")
     if info.count_method == "raw":
         width, height = info.width, info.height
-        return read_yuv420p_frames(Path(info.path), width, height, wanted)
+        return read_raw_frames(Path(info.path), width, height, info.pix_fmt, wanted)
+    if on_damage == "conceal" and info.count_method == "decode":
+        return _decode_selected(info, wanted, conceal=True)  # counted (and reported) by decoding
     runs = _seek_runs(info, wanted, seek)
     if all(keyframe is None for keyframe, _ in runs):
-        return _decode_selected(info, wanted)
-    return _decode_seeking(info, runs)
+        frames = _decode_selected(info, wanted)
+    else:
+        frames = _decode_seeking(info, runs)
+    return _recount_on_damage(frames) if on_damage == "conceal" else frames
+
+
+def _check_on_damage(on_damage: str) -> None:
+    if on_damage not in ON_DAMAGE_CHOICES:
+        raise ValueError(f"on_damage must be 'fail' or 'conceal', got {on_damage!r}")
+
+
+def _recount_on_damage(
+    frames: Iterator[tuple[int, np.ndarray]],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Under conceal, damage met while trusting the demuxed index asks for a count by decoding
+    (decoder-rejected packets lose frames, so the index no longer holds)."""
+    try:
+        yield from frames
+    except _DamageError as exc:
+        raise FrameIndexError(f"{exc}; counting the frames by decoding to conceal it") from exc
 
 
 def frame_times(info: VideoInfo, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -263,7 +352,7 @@ def read_luma(info: VideoInfo) -> Iterator[np.ndarray]:
     """
     path = Path(info.path)
     if info.count_method == "raw":
-        yield from read_yuv420p_luma(path, info.width, info.height)
+        yield from read_raw_luma(path, info.width, info.height, info.pix_fmt)
         return
     position = 0
     with _open(path) as container:
@@ -341,21 +430,30 @@ def _is_attached_picture(stream: av.stream.Stream) -> bool:
 
 def _damage(path: Path, position: int, seconds: float | None, what: str) -> VideoDecodeError:
     where = f"frame {position}" + (f" (~{seconds:.2f} s)" if seconds is not None else "")
-    return VideoDecodeError(f"{path}: damaged video data at {where}: {what}")
+    return _DamageError(f"{path}: damaged video data at {where}: {what}")
 
 
-def _scan(container: av.container.InputContainer, stream: av.VideoStream, path: Path) -> _Scan:
-    """Demux every packet once: index the video timestamps, decode only the first frame."""
+def _scan(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    path: Path,
+    *,
+    conceal: bool = False,
+) -> _Scan:
+    """Demux every packet once: index the video timestamps, decode only the first frame.
+
+    ``conceal``: a corrupt packet sets ``damaged`` (the caller then counts by decoding)."""
     scan = _Scan()
     try:
         for packet in container.demux():
             _track_end(scan, packet)
             if packet.stream_index != stream.index:
                 continue
-            if packet.is_corrupt:
+            if packet.is_corrupt and not conceal:
                 raise _damage(path, len(scan.pts), _seconds(packet), "corrupt packet")
+            scan.damaged = scan.damaged or packet.is_corrupt
             if scan.first_frame is None:
-                _decode_first(scan, packet, path)
+                _decode_first(scan, packet, path, conceal=conceal)
             if packet.size and not scan.seen_packet:
                 # Discarded packets count here: an edit list hides a keyframe it decodes from.
                 scan.starts_with_keyframe, scan.seen_packet = packet.is_keyframe, True
@@ -380,10 +478,13 @@ def _index_trusted(scan: _Scan) -> bool:
     return scan.starts_with_keyframe and None not in pts and len(set(pts)) == len(pts)
 
 
-def _decode_first(scan: _Scan, packet: av.Packet, path: Path) -> None:
+def _decode_first(scan: _Scan, packet: av.Packet, path: Path, *, conceal: bool) -> None:
     try:
         frames = packet.decode()
     except av.FFmpegError as exc:
+        if conceal:  # the next packet may decode; the full count will tell
+            scan.damaged = True
+            return
         raise _damage(path, 0, _seconds(packet), f"decoder error ({_reason(exc)})") from exc
     if frames:
         scan.first_frame = frames[0]
@@ -424,12 +525,13 @@ def _probe_raw(path: Path, size: tuple[int, int] | None, fps: float | None) -> V
             f"{path}: a raw .yuv file needs its frame size (size=(width, height), --size WxH)"
         )
     width, height = size
-    count = yuv420p_frame_count(path, width, height)
+    pix_fmt = raw_pix_fmt(size)
+    count = raw_frame_count(path, width, height, pix_fmt)
     rate = RAW_FPS if fps is None else float(fps)
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     return VideoInfo(
-        str(path), width, height, count, rate, count / rate, "rawvideo", "yuv420p", 0,
+        str(path), width, height, count, rate, count / rate, "rawvideo", pix_fmt, 0,
         count_method="raw",
     )  # fmt: skip
 
@@ -437,15 +539,20 @@ def _probe_raw(path: Path, size: tuple[int, int] | None, fps: float | None) -> V
 # --- counting, timing, orientation ------------------------------------------------------------
 
 
-def _decoded_pts(path: Path, stream_index: int) -> list[int | None]:
-    """Timestamps of every frame the decoder outputs (the exact count, slow path)."""
+def _decoded_pts(path: Path, stream_index: int, on_damage: OnDamage = "fail") -> list[int | None]:
+    """Timestamps of every frame the decoder outputs (the exact count, slow path).
+
+    Under ``"conceal"`` damage is counted over the whole video and warned about once."""
     pts: list[int | None] = []
+    damage = _Damage() if on_damage == "conceal" else None
     with _open(path) as container:
         stream = _stream_at(container, stream_index)
-        for frame in _decoded(container, stream, path):
+        for frame in _decoded(container, stream, path, damage=damage):
             pts.append(frame.pts)
     if not pts:
         raise VideoDecodeError(f"{path}: no frame of the video stream could be decoded")
+    if damage is not None and damage.first is not None:
+        warnings.warn(f"{path}: {damage.message()}", DamageWarning, stacklevel=3)
     return pts
 
 
@@ -542,8 +649,10 @@ def _decoded(
     stream: av.VideoStream,
     path: Path,
     seeked_to: int | None = None,
+    damage: _Damage | None = None,
 ) -> Iterator[av.VideoFrame]:
-    """Every decoded frame in display order; any sign of damage raises.
+    """Every decoded frame in display order; any sign of damage raises, or with ``damage``
+    is counted there and the concealed frames are kept (packets the decoder rejects give none).
 
     After a seek to the keyframe at ``seeked_to`` (pts), frames shown before it (open-GOP
     leading pictures, whose references were skipped) may fail; they are dropped, not damage.
@@ -552,19 +661,33 @@ def _decoded(
     for packet in container.demux(stream):
         early = _before(packet.pts, seeked_to)
         if packet.is_corrupt:
-            raise _damage(path, count, _seconds(packet), "corrupt packet")
+            if damage is None:
+                raise _damage(path, count, _seconds(packet), "corrupt packet")
+            damage.corrupt_packets += 1
+            damage.seen(count, _seconds(packet))
         try:
             frames = packet.decode()
         except av.FFmpegError as exc:
             if early:
                 continue
-            raise _damage(path, count, _seconds(packet), f"decoder error ({_reason(exc)})") from exc
+            if damage is None:
+                raise _damage(
+                    path, count, _seconds(packet), f"decoder error ({_reason(exc)})"
+                ) from exc
+            damage.rejected_packets += 1
+            damage.seen(count, _seconds(packet))
+            continue
         for frame in frames:
             if frame.is_corrupt:
                 if _before(frame.pts, seeked_to):
                     continue
-                raise _damage(path, count, frame.time, "frame decoded with errors")
+                if damage is None:
+                    raise _damage(path, count, frame.time, "frame decoded with errors")
+                damage.corrupt_frames += 1
+                damage.seen(count, frame.time)
             count += 1
+            if damage is not None:
+                damage.frames = count
             yield frame
 
 
@@ -572,7 +695,9 @@ def _before(pts: int | None, seeked_to: int | None) -> bool:
     return seeked_to is not None and pts is not None and pts < seeked_to
 
 
-def _decode_selected(info: VideoInfo, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_selected(
+    info: VideoInfo, wanted: list[int], *, conceal: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
     path = Path(info.path)
     if not wanted:
         return
@@ -581,7 +706,8 @@ def _decode_selected(info: VideoInfo, wanted: list[int]) -> Iterator[tuple[int, 
         target = iter(wanted)
         next_index = next(target)
         position = 0
-        for frame in _decoded(container, stream, path):
+        damage = _Damage() if conceal else None  # already reported by probe_video
+        for frame in _decoded(container, stream, path, damage=damage):
             _check_index(info, position, frame)
             if position == next_index:
                 yield position, _to_rgb(frame, info, position)

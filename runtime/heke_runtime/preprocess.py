@@ -27,7 +27,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from heke_runtime.decode import FrameIndexError, VideoInfo, probe_video, read_frames
+from heke_runtime.decode import FrameIndexError, OnDamage, VideoInfo, probe_video, read_frames
 from heke_runtime.models import model_entry
 from heke_runtime.sampling import block_scale, clip_plan, pair_plan
 from heke_runtime.spec import IMAGENET_MEAN, IMAGENET_STD
@@ -108,6 +108,7 @@ def load_clips(
     size: tuple[int, int] | None = None,
     model: Literal["r2p1d_HEKE_4"] = "r2p1d_HEKE_4",
     info: VideoInfo | None = None,
+    on_damage: OnDamage = "fail",
 ) -> tuple[np.ndarray, VideoInfo, np.ndarray]: ...
 @overload
 def load_clips(
@@ -117,6 +118,7 @@ def load_clips(
     size: tuple[int, int] | None = None,
     model: Literal["resnet_HEKE_4"],
     info: VideoInfo | None = None,
+    on_damage: OnDamage = "fail",
 ) -> tuple[Pairs, VideoInfo, np.ndarray]: ...
 @overload
 def load_clips(
@@ -126,6 +128,7 @@ def load_clips(
     size: tuple[int, int] | None = None,
     model: str,
     info: VideoInfo | None = None,
+    on_damage: OnDamage = "fail",
 ) -> tuple[np.ndarray | Pairs, VideoInfo, np.ndarray]: ...
 def load_clips(
     path: str | Path,
@@ -134,6 +137,7 @@ def load_clips(
     size: tuple[int, int] | None = None,
     model: str = "r2p1d_HEKE_4",
     info: VideoInfo | None = None,
+    on_damage: OnDamage = "fail",
 ) -> tuple[np.ndarray | Pairs, VideoInfo, np.ndarray]:
     """Probe, plan, decode only the planned frames and preprocess them: ``(inputs, info, plan)``.
 
@@ -144,9 +148,10 @@ def load_clips(
     earlier :func:`probe_video` of the same file saves probing again. The returned ``info`` is
     the one the plan was made from (a re-probe when decoding disagreed with the index).
     Each frame is pooled as soon as it is decoded and its RGB dropped. Short videos emit
-    :class:`heke_runtime.sampling.ShortVideoWarning`.
+    :class:`heke_runtime.sampling.ShortVideoWarning`. ``on_damage``: ``"fail"`` or
+    ``"conceal"`` (see :func:`heke_runtime.decode.probe_video`).
     """
-    return _load_with(_inputs, path, num_snippets, size, model, info)
+    return _load_with(_inputs, path, num_snippets, size, model, info, on_damage)
 
 
 def load_sums(
@@ -156,11 +161,12 @@ def load_sums(
     size: tuple[int, int] | None = None,
     model: str = "r2p1d_HEKE_4",
     info: VideoInfo | None = None,
+    on_damage: OnDamage = "fail",
 ) -> tuple[np.ndarray, VideoInfo, np.ndarray]:
     """:func:`load_clips` stopped at the block sums: ``(sums, info, plan)``, where ``sums``
     is ``[F, H//s, W//s, 3]`` (:func:`frame_sums` of each distinct frame of ``plan``, in
     ascending frame order). :func:`inputs_from_sums` turns it into ``load_clips``'s inputs."""
-    return _load_with(_sums, path, num_snippets, size, model, info)
+    return _load_with(_sums, path, num_snippets, size, model, info, on_damage)
 
 
 def inputs_from_sums(
@@ -176,26 +182,28 @@ def inputs_from_sums(
 
 
 def _load_with(
-    convert: Callable[[VideoInfo, np.ndarray, str], Any],
+    convert: Callable[[VideoInfo, np.ndarray, str, OnDamage], Any],
     path: str | Path,
     num_snippets: int | None,
     size: tuple[int, int] | None,
     model: str,
     info: VideoInfo | None,
+    on_damage: OnDamage,
 ) -> tuple[Any, VideoInfo, np.ndarray]:
-    """Probe, plan and ``convert(info, plan, model)`` (which decodes)."""
+    """Probe, plan and ``convert(info, plan, model, on_damage)`` (which decodes)."""
     entry = model_entry(model)  # validates the model name
     count = entry.num_snippets if num_snippets is None else num_snippets
     if info is None:
-        info = probe_video(path, size=size)
+        info = probe_video(path, size=size, on_damage=on_damage)
     try:
         plan = _plan(info, count, model)
-        out = convert(info, plan, model)
+        out = convert(info, plan, model, on_damage)
     except FrameIndexError:
-        # The demuxed index disagreed with the decoder: count by decoding and sample again.
-        info = probe_video(path, size=size, count="decode")
+        # The demuxed index disagreed with the decoder (or, concealing, damage was met):
+        # count by decoding and sample again.
+        info = probe_video(path, size=size, count="decode", on_damage=on_damage)
         plan = _plan(info, count, model)
-        out = convert(info, plan, model)
+        out = convert(info, plan, model, on_damage)
     return out, info, plan
 
 
@@ -206,19 +214,21 @@ def _plan(info: VideoInfo, num_snippets: int, model: str) -> np.ndarray:
     return clip_plan(info.num_frames, num_snippets, entry.frames_per_snippet)
 
 
-def _inputs(info: VideoInfo, plan: np.ndarray, model: str) -> np.ndarray | Pairs:
+def _inputs(
+    info: VideoInfo, plan: np.ndarray, model: str, on_damage: OnDamage
+) -> np.ndarray | Pairs:
     scale = block_scale(info.width, info.height)
-    frames = read_frames(info.path, _distinct(plan), info=info)
+    frames = read_frames(info.path, _distinct(plan), info=info, on_damage=on_damage)
     return _assemble(((i, frame_to_input(rgb, scale)) for i, rgb in frames), plan, model)
 
 
-def _sums(info: VideoInfo, plan: np.ndarray, model: str) -> np.ndarray:
+def _sums(info: VideoInfo, plan: np.ndarray, model: str, on_damage: OnDamage) -> np.ndarray:
     scale = block_scale(info.width, info.height)
     needed = _distinct(plan)
     position = {index: k for k, index in enumerate(needed)}
     sums: np.ndarray | None = None
     filled = 0
-    for index, rgb in read_frames(info.path, needed, info=info):
+    for index, rgb in read_frames(info.path, needed, info=info, on_damage=on_damage):
         frame = frame_sums(rgb, scale)
         if sums is None:
             sums = np.empty((len(needed), *frame.shape), frame.dtype)

@@ -48,7 +48,7 @@ from heke_runtime.sampling import block_scale, time_step
 from heke_runtime.scores import blind_scores, snippet_scores
 
 if TYPE_CHECKING:  # PyAV loads on first use only (decode_video)
-    from heke_runtime.decode import SnippetTimes, VideoInfo
+    from heke_runtime.decode import OnDamage, SnippetTimes, VideoInfo
 
 DEFAULT_BATCH_SIZE = 4  # snippets per inference call where the backend has no preference
 
@@ -81,7 +81,9 @@ class Scorer:
     :mod:`heke_runtime.pipeline`); with ``workers=0`` there is no timeout, since decoding
     then runs in the calling thread, which nothing could take back from a hung file.
     ``backend_options`` go to the backend (e.g. ``{"precision": "fp32"}`` for the torch
-    backend).
+    backend). ``on_damage``: ``"fail"`` (default) makes a damaged video an error result,
+    ``"conceal"`` scores what FFmpeg's error concealment decodes and puts a
+    ``concealed damage: ...`` line in the result's ``warnings`` (:mod:`heke_runtime.decode`).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Scorer:
         workers: int | None = None,
         timeout: float | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        on_damage: OnDamage = "fail",
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
@@ -108,6 +111,8 @@ class Scorer:
             raise ScorerError(f"timeout must be more than 0 seconds (or None), got {timeout}")
         if num_snippets is not None and num_snippets < 2:
             raise ScorerError(f"num_snippets must be at least 2, got {num_snippets}")
+        if on_damage not in ("fail", "conceal"):
+            raise ScorerError(f"on_damage must be 'fail' or 'conceal', got {on_damage!r}")
         self.engine_path = Path(engine)
         self.backend_name = backend_name_for(self.engine_path, backend)
         options: dict[str, Any] = {"device_id": device_id, **(backend_options or {})}
@@ -122,6 +127,7 @@ class Scorer:
         self.keep_arrays = keep_arrays
         self.workers = default_workers() if workers is None else workers
         self.timeout = timeout
+        self.on_damage: OnDamage = on_damage
         self.regressor = self._load_regressor(regressor)
         self.last_stats: PipelineStats | None = None  # of the last pipelined score_many
         self._open = False
@@ -206,7 +212,9 @@ class Scorer:
 
     def decode(self, path: str | Path) -> DecodedVideo:
         """Probe, sample, decode and preprocess one video (thread-safe)."""
-        return decode_video(path, self.model, self.num_snippets, self.size)
+        return decode_video(
+            path, self.model, self.num_snippets, self.size, on_damage=self.on_damage
+        )
 
     def failure(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
         """The error result of a video whose scoring raised ``exc``."""
@@ -317,6 +325,7 @@ def decode_video(
     size: tuple[int, int] | None,
     *,
     sums_only: bool = False,
+    on_damage: OnDamage = "fail",
 ) -> DecodedVideo:
     """One video's model inputs, with the warnings decoding raised as one-line notes.
 
@@ -329,10 +338,14 @@ def decode_video(
 
     with captured_warnings() as caught:
         if sums_only:
-            sums, info, plan = load_sums(path, num_snippets, size=size, model=model)
+            sums, info, plan = load_sums(
+                path, num_snippets, size=size, model=model, on_damage=on_damage
+            )
             inputs = {"sums": sums}
         else:
-            loaded, info, plan = load_clips(path, num_snippets, size=size, model=model)
+            loaded, info, plan = load_clips(
+                path, num_snippets, size=size, model=model, on_damage=on_damage
+            )
             inputs = named_inputs(model, loaded)
     messages = tuple(dict.fromkeys(one_line(m) for m in caught))
     plan = np.asarray(plan)

@@ -74,3 +74,122 @@ def read_yuv420p_luma(path: Path, width: int, height: int) -> Iterator[np.ndarra
             if len(data) != frame:
                 raise VideoDecodeError(f"{path}: the last frame is cut short ({len(data)} bytes)")
             yield np.frombuffer(data[:luma], dtype=np.uint8).reshape(height, width)
+
+
+# --- raw files in other planar formats (heke-run --pix-fmt) -----------------------------------
+
+RAW_DEFAULT = "yuv420p"
+
+
+class RawSize(tuple[int, int]):
+    """``(width, height)`` of a raw file's frames that also names their pixel format.
+
+    A tuple, so every place that passes a raw ``size`` along keeps working; the reader that
+    opens the file (``decode.probe_video``) asks :func:`raw_pix_fmt`. Any planar format FFmpeg
+    knows (one component per plane: ``yuv420p``, ``yuv422p``, ``yuv444p``, ``yuv420p10le``,
+    ``gray``, ...), stored as ffmpeg's rawvideo muxer writes it: planes back to back, rows
+    unpadded, 2 bytes per sample above 8 bits.
+    """
+
+    pix_fmt: str
+
+    def __new__(cls, width: int, height: int, pix_fmt: str = RAW_DEFAULT) -> RawSize:
+        check_raw_pix_fmt(pix_fmt)
+        size = super().__new__(cls, (width, height))
+        size.pix_fmt = pix_fmt
+        return size
+
+    def __getnewargs__(self) -> tuple[int, int, str]:
+        return self[0], self[1], self.pix_fmt  # pickling (Ray workers) keeps the format
+
+
+def raw_pix_fmt(size: tuple[int, int] | None) -> str:
+    return getattr(size, "pix_fmt", RAW_DEFAULT)
+
+
+def check_raw_pix_fmt(pix_fmt: str) -> None:
+    """``ValueError`` for a name FFmpeg does not know or a packed/semi-planar format."""
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except ValueError:
+        raise ValueError(f"--pix-fmt {pix_fmt}: not a pixel format FFmpeg knows") from None
+    planes = [c.plane for c in fmt.components]
+    if len(set(planes)) != len(planes):
+        raise ValueError(
+            f"--pix-fmt {pix_fmt}: heke reads raw planar formats only (one component per "
+            "plane: yuv420p, yuv422p, yuv444p, yuv420p10le, gray...); convert it with ffmpeg"
+        )
+
+
+def _plane_shapes(width: int, height: int, pix_fmt: str) -> list[tuple[int, int, int]]:
+    """``(rows, samples per row, bytes per sample)`` of each plane, as rawvideo stores it."""
+    fmt = av.VideoFormat(pix_fmt, width, height)
+    return [(c.height, c.width, 1 if c.bits <= 8 else 2) for c in fmt.components]
+
+
+def raw_frame_size(width: int, height: int, pix_fmt: str) -> int:
+    if pix_fmt == RAW_DEFAULT:
+        return yuv420p_frame_size(width, height)
+    return sum(rows * cols * depth for rows, cols, depth in _plane_shapes(width, height, pix_fmt))
+
+
+def raw_frame_count(path: Path, width: int, height: int, pix_fmt: str) -> int:
+    """Frames in a raw file; a size that is not a whole number of frames is an error."""
+    if pix_fmt == RAW_DEFAULT:
+        return yuv420p_frame_count(path, width, height)
+    size, frame = path.stat().st_size, raw_frame_size(width, height, pix_fmt)
+    if size == 0 or size % frame:
+        raise VideoDecodeError(
+            f"{path}: {size} bytes is not a whole number of {width}x{height} {pix_fmt} frames "
+            f"({frame} bytes each); check --size and --pix-fmt"
+        )
+    return size // frame
+
+
+def raw_to_frame(data: bytes, width: int, height: int, pix_fmt: str) -> av.VideoFrame:
+    """One raw frame's bytes as a PyAV frame (rows padded to FFmpeg's line size)."""
+    frame = av.VideoFrame(width, height, pix_fmt)
+    offset = 0
+    for plane, (rows, cols, depth) in zip(frame.planes, _plane_shapes(width, height, pix_fmt)):
+        size = rows * cols * depth
+        array = np.frombuffer(data, np.uint8, size, offset).reshape(rows, cols * depth)
+        padded = np.zeros((rows, plane.line_size), dtype=np.uint8)
+        padded[:, : cols * depth] = array
+        plane.update(padded.tobytes())
+        offset += size
+    return frame
+
+
+def read_raw_frames(
+    path: Path, width: int, height: int, pix_fmt: str, indices: Sequence[int]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """:func:`read_yuv420p_frames` for any planar format (to RGB through swscale)."""
+    if pix_fmt == RAW_DEFAULT:
+        yield from read_yuv420p_frames(path, width, height, indices)
+        return
+    frame = raw_frame_size(width, height, pix_fmt)
+    with path.open("rb") as handle:
+        for index in sorted(set(int(i) for i in indices)):
+            handle.seek(index * frame)
+            data = handle.read(frame)
+            if len(data) != frame:
+                raise VideoDecodeError(f"{path}: frame {index} is past the end of the file")
+            picture = raw_to_frame(data, width, height, pix_fmt)
+            # bicubic, as decode does for container frames: it matters once chroma is scaled
+            yield index, picture.to_ndarray(format="rgb24", interpolation="BICUBIC")
+
+
+def read_raw_luma(path: Path, width: int, height: int, pix_fmt: str) -> Iterator[np.ndarray]:
+    """The Y plane of every frame as yuv420p gives it (uint8; other formats via swscale)."""
+    if pix_fmt == RAW_DEFAULT:
+        yield from read_yuv420p_luma(path, width, height)
+        return
+    frame = raw_frame_size(width, height, pix_fmt)
+    with path.open("rb") as handle:
+        while data := handle.read(frame):
+            if len(data) != frame:
+                raise VideoDecodeError(f"{path}: the last frame is cut short ({len(data)} bytes)")
+            picture = raw_to_frame(data, width, height, pix_fmt).reformat(format=RAW_DEFAULT)
+            plane = picture.planes[0]
+            rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(height, -1)
+            yield rows[:, :width].copy()

@@ -34,12 +34,14 @@ from heke_runtime.cli_common import (
     EXIT_FAILED,
     failure,
     new_app,
+    raw_size,
     run_app,
     size_from_text,
     usage_error,
     user_errors,
 )
 from heke_runtime.results import one_line
+from heke_runtime.yuv import RAW_DEFAULT, RawSize
 
 PROG = "heke-fr"
 app = new_app(__doc__.splitlines()[0] if __doc__ else None)
@@ -64,7 +66,9 @@ def _usage(message: str) -> NoReturn:
     usage_error(PROG, message)
 
 
-def read_pair_list(path: Path, size: tuple[int, int] | None) -> list[PairItem]:
+def read_pair_list(
+    path: Path, size: tuple[int, int] | None, pix_fmt: str = RAW_DEFAULT
+) -> list[PairItem]:
     """The pairs of a ``--pairs`` file; a malformed line is a usage error naming it."""
     try:
         lines = path.read_text().splitlines()
@@ -78,7 +82,7 @@ def read_pair_list(path: Path, size: tuple[int, int] | None) -> list[PairItem]:
         if len(fields) not in (2, 3):
             _usage(f"{path}:{number}: expected 'REF DIST [WxH]', got {line.strip()!r}")
         try:
-            own = size_from_text(fields[2]) if len(fields) == 3 else size
+            own = _line_size(fields[2], pix_fmt) if len(fields) == 3 else size
         except ValueError as exc:
             _usage(f"{path}:{number}: {exc}")
         base = path.parent
@@ -88,13 +92,23 @@ def read_pair_list(path: Path, size: tuple[int, int] | None) -> list[PairItem]:
     return items
 
 
+def _line_size(text: str, pix_fmt: str) -> tuple[int, int]:
+    """A pairs line's WxH, in the pixel format --pix-fmt gives every raw input."""
+    width, height = size_from_text(text) or (0, 0)
+    return RawSize(width, height, pix_fmt)
+
+
 def _items(
-    ref: Path | None, dist: Path | None, pairs: Path | None, size: tuple[int, int] | None
+    ref: Path | None,
+    dist: Path | None,
+    pairs: Path | None,
+    size: tuple[int, int] | None,
+    pix_fmt: str,
 ) -> list[PairItem]:
     if pairs is not None:
         if ref is not None:
             _usage("give either REF DIST or --pairs FILE, not both")
-        return read_pair_list(pairs, size)
+        return read_pair_list(pairs, size, pix_fmt)
     if ref is None or dist is None:
         _usage("give REF and DIST (or --pairs FILE)")
     return [PairItem(ref, dist, size)]
@@ -149,6 +163,9 @@ def fr(
         bool, typer.Option("--resume", help="Skip pairs already in --output.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output.")] = False,
+    pix_fmt: Annotated[
+        str, typer.Option(help="Pixel format of raw .yuv inputs (yuv420p, yuv422p, yuv444p...).")
+    ] = "yuv420p",
     threads: Annotated[
         int | None,
         typer.Option(
@@ -167,11 +184,8 @@ def fr(
         _usage(f"--align {align!r}: expected one of {', '.join(ALIGN_CHOICES)}")
     if resume and output is None:
         _usage("--resume needs --output FILE (the records to continue)")
-    try:
-        frame_size = size_from_text(size)
-    except ValueError as exc:
-        _usage(str(exc))
-    items = _items(ref, dist, pairs, frame_size)
+    frame_size = raw_size(PROG, size, pix_fmt)
+    items = _items(ref, dist, pairs, frame_size, pix_fmt)
     failures = 0
     with user_errors(PROG), FrWriter(output, resume=resume, overwrite=overwrite) as writer:
         todo = [i for i in items if not writer.has_pair(i.ref, i.dist)]
