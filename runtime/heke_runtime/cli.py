@@ -26,6 +26,7 @@ from heke_runtime.cli_common import (
     run_app,
 )
 from heke_runtime.errors import HekeError
+from heke_runtime.hdr import DEFAULT_HDR, HDR_CHOICES, HdrMode
 from heke_runtime.results import (
     RecordWriter,
     VideoResult,
@@ -46,6 +47,12 @@ ON_DAMAGE_HELP = (
     "What a damaged video (corrupt packets, frames decoded with errors) gets: 'fail' (an error "
     "record, no score) or 'conceal' (scored as FFmpeg's error concealment decodes it; the "
     "record gets a 'concealed damage: N of M decoded frames had errors' warning)."
+)
+HDR_HELP = (
+    "How an HDR video (PQ or HLG transfer; HEKE was trained on SDR) is read: 'tonemap' (to SDR "
+    "BT.709: BT.2390 tone curve to 100 nits, BT.2020 to BT.709 primaries) or 'as-is' (its code "
+    "values read as SDR, as FFmpeg converts them). Its record gets video.transfer, "
+    "video.primaries, video.hdr and a warning."
 )
 
 app = new_app("Score videos with a HEKE engine (blind quality: higher = more distorted).")
@@ -221,6 +228,7 @@ def run(
         ),
     ] = None,
     on_damage: Annotated[str, typer.Option(metavar="fail|conceal", help=ON_DAMAGE_HELP)] = "fail",
+    hdr: Annotated[str, typer.Option(metavar="tonemap|as-is", help=HDR_HELP)] = DEFAULT_HDR,
     threads: Annotated[
         int | None,
         typer.Option(min=0, help="ONNX Runtime (0 = all cores) or torch CPU threads."),
@@ -260,6 +268,8 @@ def run(
         usage_error("--timeout needs the pipeline (--workers 1 or more)")
     if on_damage not in ("fail", "conceal"):
         usage_error(f"--on-damage must be 'fail' or 'conceal', got {on_damage!r}")
+    if hdr not in HDR_CHOICES:
+        usage_error(f"--hdr must be 'tonemap' or 'as-is', got {hdr!r}")
     backend = check_options(engine, regressor, backend, output, resume)
     if plot is not None:
         _require_plot()
@@ -281,6 +291,7 @@ def run(
             workers=workers,
             timeout=timeout,
             on_damage=cast("OnDamage", on_damage),
+            hdr=cast("HdrMode", hdr),
         )
     except HekeError as exc:
         common.failure(PROG, exc)

@@ -49,6 +49,12 @@ Colour
     8-bit yuv420p gives the same bytes under every flag). Colour tags on the frame (matrix,
     range) are honoured; untagged yuv420p is BT.601 limited range, as in the authors' data.
     Higher bit depths are reduced to 8 bits by that conversion.
+    HDR (PQ or HLG transfer, :mod:`heke_runtime.hdr`): ``VideoInfo.transfer``/``primaries``
+    come from the first frame's tags (else the stream's), ``peak_nits`` from its MaxCLL or
+    mastering-display side data. ``read_frames(hdr="tonemap")`` (the default) maps such frames
+    to SDR BT.709 with the NumPy curve documented in :mod:`heke_runtime.hdr`; ``hdr="as-is"``
+    converts them like any other frame (swscale ignores the transfer). Either way one
+    :class:`HdrWarning` says the video is HDR and what was done.
 
 Damaged files (policy: a damaged video is an error, never a silent partial score)
     A file that FFmpeg cannot open, has no video stream or no decodable frame, a packet the
@@ -99,6 +105,16 @@ import numpy as np
 from av.sidedata.sidedata import SideData
 
 from heke_runtime.errors import VideoDecodeError
+from heke_runtime.hdr import (
+    DEFAULT_HDR,
+    HDR_CHOICES,
+    HdrMode,
+    Transfer,
+    primaries_name,
+    source_peak,
+    tonemap_to_sdr,
+    transfer_name,
+)
 from heke_runtime.yuv import raw_frame_count, raw_pix_fmt, read_raw_frames, read_raw_luma
 
 RAW_SUFFIXES = frozenset({".yuv"})
@@ -129,6 +145,10 @@ class DamageWarning(UserWarning):
     """A damaged video was decoded with FFmpeg's error concealment (``on_damage="conceal"``)."""
 
 
+class HdrWarning(UserWarning):
+    """An HDR (PQ/HLG) video is read for a model trained on SDR (tonemapped or as-is)."""
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the runtime needs to know about a video; sizes are after rotation.
@@ -139,7 +159,9 @@ class VideoInfo:
     presentation timestamp in ``time_base`` units, in display order (None when the stream has
     none, then times are ``index / fps``); ``keyframe_pts``/``keyframe_dts`` the presentation
     and decoding timestamps of the keyframe packets, where decoding can start after a seek
-    (None when the index is not trusted for seeking).
+    (None when the index is not trusted for seeking). ``transfer``: ``"pq"``, ``"hlg"`` or
+    ``"sdr"``; ``primaries``: FFmpeg's name (``"bt2020"``...); ``peak_nits``: the HDR source
+    peak from MaxCLL or mastering metadata, None when absent (module docstring, "Colour").
     """
 
     path: str
@@ -158,6 +180,9 @@ class VideoInfo:
     frame_pts: np.ndarray | None = field(default=None, repr=False, compare=False)
     keyframe_pts: np.ndarray | None = field(default=None, repr=False, compare=False)
     keyframe_dts: np.ndarray | None = field(default=None, repr=False, compare=False)
+    transfer: Transfer = "sdr"
+    primaries: str = "unspecified"
+    peak_nits: float | None = None
 
 
 @dataclass
@@ -253,6 +278,7 @@ def read_frames(
     info: VideoInfo | None = None,
     seek: SeekMode = "auto",
     on_damage: OnDamage = "fail",
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, rgb)`` for each distinct requested frame, in ascending order.
 
@@ -267,24 +293,45 @@ def read_frames(
     ``on_damage="conceal"``: frames counted by decoding (``count_method == "decode"``, where
     :func:`probe_video` already reported the damage) are read concealed; damage met under a
     demuxed index raises :class:`FrameIndexError`, so that the caller counts by decoding.
+    ``hdr``: ``"tonemap"`` or ``"as-is"`` for a PQ/HLG video, which gets an
+    :class:`HdrWarning` ("Colour" in the module docstring).
     """
     _check_on_damage(on_damage)
+    if hdr not in HDR_CHOICES:
+        raise ValueError(f"hdr must be 'tonemap' or 'as-is', got {hdr!r}")
     if info is None:
         info = probe_video(path, size=size, on_damage=on_damage)
     wanted = _wanted(indices, info)
     if seek not in ("auto", "never", "always"):
         raise ValueError(f"seek must be 'auto', 'never' or 'always', got {seek!r}")
+    if info.transfer != "sdr":
+        warnings.warn(hdr_note(info, hdr), HdrWarning, stacklevel=2)
+    tonemap = hdr == "tonemap" and info.transfer != "sdr"
     if info.count_method == "raw":
         width, height = info.width, info.height
         return read_raw_frames(Path(info.path), width, height, info.pix_fmt, wanted)
     if on_damage == "conceal" and info.count_method == "decode":
-        return _decode_selected(info, wanted, conceal=True)  # counted (and reported) by decoding
+        # counted (and reported) by decoding
+        return _decode_selected(info, wanted, conceal=True, tonemap=tonemap)
     runs = _seek_runs(info, wanted, seek)
     if all(keyframe is None for keyframe, _ in runs):
-        frames = _decode_selected(info, wanted)
+        frames = _decode_selected(info, wanted, tonemap=tonemap)
     else:
-        frames = _decode_seeking(info, runs)
+        frames = _decode_seeking(info, runs, tonemap=tonemap)
     return _recount_on_damage(frames) if on_damage == "conceal" else frames
+
+
+def hdr_note(info: VideoInfo, hdr: HdrMode) -> str:
+    """The one-line warning for an HDR video read with ``hdr``."""
+    what = f"{info.transfer.upper()} transfer, {info.primaries} primaries"
+    if info.peak_nits:
+        what += f", peak {info.peak_nits:g} nits"
+    done = (
+        "tonemapped to SDR BT.709 (--hdr tonemap)"
+        if hdr == "tonemap"
+        else "scored as-is, its code values read as SDR (--hdr as-is)"
+    )
+    return f"{info.path}: HDR video ({what}); HEKE was trained on SDR: {done}"
 
 
 def _check_on_damage(on_damage: str) -> None:
@@ -571,6 +618,7 @@ def _info(
         known = np.sort(known)  # packets come in decoding order; frames in display order
     rate = _mean_rate(stream, known, time_base)
     rotation, mirrored = _orientation(first)
+    transfer, primaries, peak = _colour(first, stream)
     width, height = first.width, first.height
     if rotation % 180:
         width, height = height, width
@@ -589,6 +637,9 @@ def _info(
         stream_index=stream.index,
         time_base=time_base,
         frame_pts=known,
+        transfer=transfer,
+        primaries=primaries,
+        peak_nits=peak,
     )
 
 
@@ -622,6 +673,25 @@ def _orientation(frame: av.VideoFrame) -> tuple[int, bool]:
             stacklevel=4,
         )
     return rotation, mirrored
+
+
+def _colour(frame: av.VideoFrame, stream: av.VideoStream) -> tuple[Transfer, str, float | None]:
+    """``transfer``, ``primaries`` and ``peak_nits`` of ``VideoInfo`` (the frame's tags, else
+    the stream's; FFmpeg's code 2 is "unspecified")."""
+    codec = stream.codec_context
+    trc = frame.color_trc if frame.color_trc != 2 else codec.color_trc
+    primaries = frame.color_primaries if frame.color_primaries != 2 else codec.color_primaries
+    light = frame.side_data.get("CONTENT_LIGHT_LEVEL")
+    max_cll = int(np.frombuffer(bytes(light), np.uint32)[0]) if isinstance(light, SideData) else 0
+    mastering = frame.side_data.get("MASTERING_DISPLAY_METADATA")
+    mastering_max = None
+    if isinstance(mastering, SideData):
+        # AVMasteringDisplayMetadata: 8 primaries/white point rationals, min and max
+        # luminance rationals, has_primaries, has_luminance (int32 each).
+        fields = np.frombuffer(bytes(mastering), np.int32)
+        if fields.size >= 22 and fields[21] and fields[19]:
+            mastering_max = float(fields[18]) / float(fields[19])
+    return transfer_name(trc), primaries_name(primaries), source_peak(max_cll, mastering_max)
 
 
 def _orient(rgb: np.ndarray, info: VideoInfo) -> np.ndarray:
@@ -696,7 +766,7 @@ def _before(pts: int | None, seeked_to: int | None) -> bool:
 
 
 def _decode_selected(
-    info: VideoInfo, wanted: list[int], *, conceal: bool = False
+    info: VideoInfo, wanted: list[int], *, conceal: bool = False, tonemap: bool = False
 ) -> Iterator[tuple[int, np.ndarray]]:
     path = Path(info.path)
     if not wanted:
@@ -710,7 +780,7 @@ def _decode_selected(
         for frame in _decoded(container, stream, path, damage=damage):
             _check_index(info, position, frame)
             if position == next_index:
-                yield position, _to_rgb(frame, info, position)
+                yield position, _to_rgb(frame, info, position, tonemap=tonemap)
                 next_index = next(target, -1)
                 if next_index < 0:
                     return
@@ -736,14 +806,20 @@ def _check_index(info: VideoInfo, position: int, frame: av.VideoFrame) -> None:
         )
 
 
-def _to_rgb(frame: av.VideoFrame, info: VideoInfo, position: int) -> np.ndarray:
+def _to_rgb(
+    frame: av.VideoFrame, info: VideoInfo, position: int, *, tonemap: bool = False
+) -> np.ndarray:
     coded = (info.height, info.width) if info.rotation % 180 else (info.width, info.height)
     if (frame.width, frame.height) != coded:
         raise VideoDecodeError(
             f"{info.path}: frame {position} is {frame.width}x{frame.height} but the video "
             f"started at {coded[0]}x{coded[1]}; size changes are not supported"
         )
-    rgb = frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+    if tonemap:  # HDR to SDR: heke_runtime.hdr
+        rgb16 = frame.to_ndarray(format="rgb48le", interpolation="BICUBIC")
+        rgb = tonemap_to_sdr(rgb16, info.transfer, info.primaries, info.peak_nits)
+    else:
+        rgb = frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
     return _orient(rgb, info)
 
 
@@ -784,7 +860,9 @@ class _Overshoot(Exception):
     """A seek landed after the frame it was meant to reach."""
 
 
-def _decode_seeking(info: VideoInfo, runs: list[Run]) -> Iterator[tuple[int, np.ndarray]]:
+def _decode_seeking(
+    info: VideoInfo, runs: list[Run], *, tonemap: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
     """Decode run by run, seeking to each run's keyframe; frames are known by timestamp."""
     path = Path(info.path)
     with _open(path) as container:
@@ -793,20 +871,20 @@ def _decode_seeking(info: VideoInfo, runs: list[Run]) -> Iterator[tuple[int, np.
         for number, (keyframe, targets) in enumerate(runs):
             if keyframe is None:
                 frames = frames or _decoded(container, stream, path)
-                yield from _take(frames, targets, info, seeked=False)
+                yield from _take(frames, targets, info, seeked=False, tonemap=tonemap)
                 continue
             for offset in _seek_offsets(info, keyframe):
                 container.seek(offset, stream=stream, backward=True)
                 frames = _decoded(container, stream, path, seeked_to=_pts_at(info, keyframe))
                 try:
-                    yield from _take(frames, targets, info, seeked=True)
+                    yield from _take(frames, targets, info, seeked=True, tonemap=tonemap)
                     break
                 except _Overshoot:
                     continue  # nothing of this run was yielded yet: try the next offset
             else:
                 # No seek landed early enough: decode the rest from the start instead.
                 rest = [t for _, later in runs[number:] for t in later]
-                yield from _decode_seeking(info, [(None, rest)])
+                yield from _decode_seeking(info, [(None, rest)], tonemap=tonemap)
                 return
 
 
@@ -829,7 +907,12 @@ def _seek_offsets(info: VideoInfo, keyframe: int) -> list[int]:
 
 
 def _take(
-    frames: Iterator[av.VideoFrame], targets: list[int], info: VideoInfo, *, seeked: bool
+    frames: Iterator[av.VideoFrame],
+    targets: list[int],
+    info: VideoInfo,
+    *,
+    seeked: bool,
+    tonemap: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode on until every target is yielded; frames are identified by their timestamp.
 
@@ -845,7 +928,7 @@ def _take(
         if index > target:
             raise FrameIndexError(f"{info.path}: frame {target} never came out of the decoder")
         if index == target:
-            yield index, _to_rgb(frame, info, index)
+            yield index, _to_rgb(frame, info, index, tonemap=tonemap)
             target = next(pending, -1)
             if target < 0:
                 return

@@ -28,6 +28,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from heke_runtime.decode import FrameIndexError, OnDamage, VideoInfo, probe_video, read_frames
+from heke_runtime.hdr import DEFAULT_HDR, HdrMode
 from heke_runtime.models import model_entry
 from heke_runtime.sampling import block_scale, clip_plan, pair_plan
 from heke_runtime.spec import IMAGENET_MEAN, IMAGENET_STD
@@ -109,6 +110,7 @@ def load_clips(
     model: Literal["r2p1d_HEKE_4"] = "r2p1d_HEKE_4",
     info: VideoInfo | None = None,
     on_damage: OnDamage = "fail",
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> tuple[np.ndarray, VideoInfo, np.ndarray]: ...
 @overload
 def load_clips(
@@ -119,6 +121,7 @@ def load_clips(
     model: Literal["resnet_HEKE_4"],
     info: VideoInfo | None = None,
     on_damage: OnDamage = "fail",
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> tuple[Pairs, VideoInfo, np.ndarray]: ...
 @overload
 def load_clips(
@@ -129,6 +132,7 @@ def load_clips(
     model: str,
     info: VideoInfo | None = None,
     on_damage: OnDamage = "fail",
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> tuple[np.ndarray | Pairs, VideoInfo, np.ndarray]: ...
 def load_clips(
     path: str | Path,
@@ -138,6 +142,7 @@ def load_clips(
     model: str = "r2p1d_HEKE_4",
     info: VideoInfo | None = None,
     on_damage: OnDamage = "fail",
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> tuple[np.ndarray | Pairs, VideoInfo, np.ndarray]:
     """Probe, plan, decode only the planned frames and preprocess them: ``(inputs, info, plan)``.
 
@@ -149,9 +154,10 @@ def load_clips(
     the one the plan was made from (a re-probe when decoding disagreed with the index).
     Each frame is pooled as soon as it is decoded and its RGB dropped. Short videos emit
     :class:`heke_runtime.sampling.ShortVideoWarning`. ``on_damage``: ``"fail"`` or
-    ``"conceal"`` (see :func:`heke_runtime.decode.probe_video`).
+    ``"conceal"`` (see :func:`heke_runtime.decode.probe_video`); ``hdr``: ``"tonemap"`` or
+    ``"as-is"`` for HDR videos (see :func:`heke_runtime.decode.read_frames`).
     """
-    return _load_with(_inputs, path, num_snippets, size, model, info, on_damage)
+    return _load_with(_inputs, path, num_snippets, size, model, info, on_damage, hdr)
 
 
 def load_sums(
@@ -162,11 +168,12 @@ def load_sums(
     model: str = "r2p1d_HEKE_4",
     info: VideoInfo | None = None,
     on_damage: OnDamage = "fail",
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> tuple[np.ndarray, VideoInfo, np.ndarray]:
     """:func:`load_clips` stopped at the block sums: ``(sums, info, plan)``, where ``sums``
     is ``[F, H//s, W//s, 3]`` (:func:`frame_sums` of each distinct frame of ``plan``, in
     ascending frame order). :func:`inputs_from_sums` turns it into ``load_clips``'s inputs."""
-    return _load_with(_sums, path, num_snippets, size, model, info, on_damage)
+    return _load_with(_sums, path, num_snippets, size, model, info, on_damage, hdr)
 
 
 def inputs_from_sums(
@@ -182,28 +189,29 @@ def inputs_from_sums(
 
 
 def _load_with(
-    convert: Callable[[VideoInfo, np.ndarray, str, OnDamage], Any],
+    convert: Callable[[VideoInfo, np.ndarray, str, OnDamage, HdrMode], Any],
     path: str | Path,
     num_snippets: int | None,
     size: tuple[int, int] | None,
     model: str,
     info: VideoInfo | None,
     on_damage: OnDamage,
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> tuple[Any, VideoInfo, np.ndarray]:
-    """Probe, plan and ``convert(info, plan, model, on_damage)`` (which decodes)."""
+    """Probe, plan and ``convert(info, plan, model, on_damage, hdr)`` (which decodes)."""
     entry = model_entry(model)  # validates the model name
     count = entry.num_snippets if num_snippets is None else num_snippets
     if info is None:
         info = probe_video(path, size=size, on_damage=on_damage)
     try:
         plan = _plan(info, count, model)
-        out = convert(info, plan, model, on_damage)
+        out = convert(info, plan, model, on_damage, hdr)
     except FrameIndexError:
         # The demuxed index disagreed with the decoder (or, concealing, damage was met):
         # count by decoding and sample again.
         info = probe_video(path, size=size, count="decode", on_damage=on_damage)
         plan = _plan(info, count, model)
-        out = convert(info, plan, model, on_damage)
+        out = convert(info, plan, model, on_damage, hdr)
     return out, info, plan
 
 
@@ -215,20 +223,22 @@ def _plan(info: VideoInfo, num_snippets: int, model: str) -> np.ndarray:
 
 
 def _inputs(
-    info: VideoInfo, plan: np.ndarray, model: str, on_damage: OnDamage
+    info: VideoInfo, plan: np.ndarray, model: str, on_damage: OnDamage, hdr: HdrMode
 ) -> np.ndarray | Pairs:
     scale = block_scale(info.width, info.height)
-    frames = read_frames(info.path, _distinct(plan), info=info, on_damage=on_damage)
+    frames = read_frames(info.path, _distinct(plan), info=info, on_damage=on_damage, hdr=hdr)
     return _assemble(((i, frame_to_input(rgb, scale)) for i, rgb in frames), plan, model)
 
 
-def _sums(info: VideoInfo, plan: np.ndarray, model: str, on_damage: OnDamage) -> np.ndarray:
+def _sums(
+    info: VideoInfo, plan: np.ndarray, model: str, on_damage: OnDamage, hdr: HdrMode
+) -> np.ndarray:
     scale = block_scale(info.width, info.height)
     needed = _distinct(plan)
     position = {index: k for k, index in enumerate(needed)}
     sums: np.ndarray | None = None
     filled = 0
-    for index, rgb in read_frames(info.path, needed, info=info, on_damage=on_damage):
+    for index, rgb in read_frames(info.path, needed, info=info, on_damage=on_damage, hdr=hdr):
         frame = frame_sums(rgb, scale)
         if sums is None:
             sums = np.empty((len(needed), *frame.shape), frame.dtype)

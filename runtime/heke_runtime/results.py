@@ -29,6 +29,7 @@ import numpy as np
 
 from heke_runtime.errors import HekeError
 from heke_runtime.scores import BLIND_NAMES, MEAN, pool
+from heke_runtime.sources import STDIN, is_url
 
 REGRESSOR_NAME = "regressor"
 # Bumped when a record's fields change meaning or go away (adding a field does not);
@@ -66,6 +67,9 @@ class VideoMeta:
     codec: str = ""
     pix_fmt: str = ""
     rotation: int = 0
+    transfer: str = "sdr"  # "pq", "hlg" (HDR) or "sdr"
+    primaries: str = "unspecified"  # FFmpeg's name: "bt709", "bt2020"...
+    hdr: str | None = None  # HDR videos: "tonemap" or "as-is" (heke-run --hdr); SDR: None
 
 
 @dataclass(frozen=True)
@@ -441,8 +445,12 @@ class RecordWriter:
 
 
 def path_key(path: str | os.PathLike[str]) -> str:
-    """How records and inputs are matched on resume: the absolute, normalised path."""
-    return os.path.normpath(os.path.abspath(os.fspath(path)))
+    """How records and inputs are matched on resume: the absolute, normalised path (a URL,
+    or ``-`` for standard input, as given)."""
+    text = os.fspath(path)
+    if text == STDIN or is_url(text):
+        return text
+    return os.path.normpath(os.path.abspath(text))
 
 
 def trim_torn_line(path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from heke_runtime.backends import BaseBackend, backend_name_for, open_backend
 from heke_runtime.errors import HekeError
+from heke_runtime.hdr import DEFAULT_HDR, HDR_CHOICES, HdrMode
 from heke_runtime.models import model_entry
 from heke_runtime.pipeline import (
     Pipeline,
@@ -46,6 +47,7 @@ from heke_runtime.results import (
 )
 from heke_runtime.sampling import block_scale, time_step
 from heke_runtime.scores import blind_scores, snippet_scores
+from heke_runtime.sources import is_stream, is_url, local_copy
 
 if TYPE_CHECKING:  # PyAV loads on first use only (decode_video)
     from heke_runtime.decode import OnDamage, SnippetTimes, VideoInfo
@@ -84,6 +86,9 @@ class Scorer:
     backend). ``on_damage``: ``"fail"`` (default) makes a damaged video an error result,
     ``"conceal"`` scores what FFmpeg's error concealment decodes and puts a
     ``concealed damage: ...`` line in the result's ``warnings`` (:mod:`heke_runtime.decode`).
+    ``hdr``: how a PQ/HLG video is read, ``"tonemap"`` (default, to SDR BT.709 by
+    :mod:`heke_runtime.hdr`'s curve) or ``"as-is"``; either way its result carries
+    ``video.transfer``/``primaries``/``hdr`` and an ``HDR video (...)`` warning.
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class Scorer:
         timeout: float | None = None,
         backend_options: Mapping[str, Any] | None = None,
         on_damage: OnDamage = "fail",
+        hdr: HdrMode = DEFAULT_HDR,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
@@ -113,6 +119,8 @@ class Scorer:
             raise ScorerError(f"num_snippets must be at least 2, got {num_snippets}")
         if on_damage not in ("fail", "conceal"):
             raise ScorerError(f"on_damage must be 'fail' or 'conceal', got {on_damage!r}")
+        if hdr not in HDR_CHOICES:
+            raise ScorerError(f"hdr must be 'tonemap' or 'as-is', got {hdr!r}")
         self.engine_path = Path(engine)
         self.backend_name = backend_name_for(self.engine_path, backend)
         options: dict[str, Any] = {"device_id": device_id, **(backend_options or {})}
@@ -128,6 +136,7 @@ class Scorer:
         self.workers = default_workers() if workers is None else workers
         self.timeout = timeout
         self.on_damage: OnDamage = on_damage
+        self.hdr: HdrMode = hdr
         self.regressor = self._load_regressor(regressor)
         self.last_stats: PipelineStats | None = None  # of the last pipelined score_many
         self._open = False
@@ -213,7 +222,13 @@ class Scorer:
     def decode(self, path: str | Path) -> DecodedVideo:
         """Probe, sample, decode and preprocess one video (thread-safe)."""
         return decode_video(
-            path, self.model, self.num_snippets, self.size, on_damage=self.on_damage
+            path,
+            self.model,
+            self.num_snippets,
+            self.size,
+            on_damage=self.on_damage,
+            stall_s=self.timeout,
+            hdr=self.hdr,
         )
 
     def failure(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
@@ -326,8 +341,14 @@ def decode_video(
     *,
     sums_only: bool = False,
     on_damage: OnDamage = "fail",
+    stall_s: float | None = None,
+    hdr: HdrMode = DEFAULT_HDR,
 ) -> DecodedVideo:
     """One video's model inputs, with the warnings decoding raised as one-line notes.
+
+    ``path`` may be a URL or ``-`` (standard input): such inputs are copied to a temporary
+    file first (:mod:`heke_runtime.sources`; ``stall_s`` bounds each network read, default
+    :data:`heke_runtime.sources.NETWORK_STALL_S`); the result names ``path`` as given.
 
     ``sums_only`` stops at the integer block sums (``inputs == {"sums": ...}``, see
     :func:`heke_runtime.preprocess.load_sums`): what the Ray corpus ships from its decode
@@ -336,18 +357,21 @@ def decode_video(
     from heke_runtime.decode import snippet_times  # PyAV loads on first use only
     from heke_runtime.preprocess import load_clips, load_sums
 
-    with captured_warnings() as caught:
+    source = str(path)
+    with captured_warnings() as caught, local_copy(source, stall_s=stall_s) as local:
         if sums_only:
             sums, info, plan = load_sums(
-                path, num_snippets, size=size, model=model, on_damage=on_damage
+                local, num_snippets, size=size, model=model, on_damage=on_damage, hdr=hdr
             )
             inputs = {"sums": sums}
         else:
             loaded, info, plan = load_clips(
-                path, num_snippets, size=size, model=model, on_damage=on_damage
+                local, num_snippets, size=size, model=model, on_damage=on_damage, hdr=hdr
             )
             inputs = named_inputs(model, loaded)
-    messages = tuple(dict.fromkeys(one_line(m) for m in caught))
+    if local != source:  # a spooled copy, already deleted: name the input as given
+        info = dataclasses.replace(info, path=source)
+    messages = tuple(dict.fromkeys(one_line(m).replace(local, source) for m in caught))
     plan = np.asarray(plan)
     return DecodedVideo(
         path=str(path),
@@ -356,7 +380,7 @@ def decode_video(
         plan=plan,
         warnings=messages,
         times=snippet_times(info, plan),
-        video=_video_meta(info),
+        video=_video_meta(info, hdr),
         scale=block_scale(info.width, info.height),
         time_step=time_step(info.num_frames),
     )
@@ -404,7 +428,7 @@ def _snippets(
     )
 
 
-def _video_meta(info: VideoInfo) -> VideoMeta:
+def _video_meta(info: VideoInfo, hdr: HdrMode) -> VideoMeta:
     return VideoMeta(
         num_frames=int(info.num_frames),
         fps=float(info.fps or 0.0),
@@ -414,6 +438,9 @@ def _video_meta(info: VideoInfo) -> VideoMeta:
         codec=str(info.codec or ""),
         pix_fmt=str(info.pix_fmt or ""),
         rotation=int(info.rotation or 0),
+        transfer=info.transfer,
+        primaries=info.primaries,
+        hdr=None if info.transfer == "sdr" else hdr,
     )
 
 
@@ -466,7 +493,9 @@ def expand_inputs(items: Sequence[str]) -> list[InputItem]:
 
     A list is ``@paths.txt`` or any ``.txt`` file: one path per line, blank lines and ``#``
     comments skipped, relative paths taken from the list's folder. A file named explicitly is
-    scored whatever its extension. Inputs naming nothing come back with ``error`` set.
+    scored whatever its extension. URLs, ``-`` (standard input) and named pipes are kept as
+    given, to be read once and spooled (:mod:`heke_runtime.sources`). Inputs naming nothing
+    come back with ``error`` set.
     """
     seen: set[str] = set()
     expanded = []
@@ -482,6 +511,8 @@ def expand_inputs(items: Sequence[str]) -> list[InputItem]:
 def _expand(item: str, *, lists: bool) -> list[InputItem]:
     if lists and item.startswith("@"):
         return _from_list(Path(item[1:]), item)
+    if is_stream(item):
+        return [InputItem(item)]
     path = Path(item)
     if path.is_dir():
         return _from_folder(path, item)
@@ -516,6 +547,9 @@ def _from_list(listing: Path, item: str) -> list[InputItem]:
     for line in listing.read_text(errors="replace").splitlines():
         text = line.strip()
         if not text or text.startswith("#"):
+            continue
+        if is_url(text):
+            entries.append(InputItem(text))
             continue
         target = Path(text).expanduser()
         if not target.is_absolute():
