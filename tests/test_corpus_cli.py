@@ -158,3 +158,180 @@ def test_the_timeout_reaches_the_decode_tasks_as_plain_data():
     plan = compute_plan(FakeRay(CPU=8), scorer, options, 4)
     # build_dataset hands it to prepare_batch; tests/test_corpus_cluster.py runs that for real.
     assert _actor_config(scorer, plan, "run", options)["timeout_s"] == 2.5
+
+
+# --------------------------------------------------------------------------- what a run prints
+# report() and Progress are what heke-corpus prints around run_corpus; a real run needs Ray
+# (tests/test_corpus_cluster.py), so these feed them the objects run_corpus hands over.
+
+
+def summary_of(tmp_path, *, scored, failed, elapsed_s=8.0, missing=()):
+    from heke_corpus.run import CorpusSummary
+
+    done = scored + failed
+    return CorpusSummary(
+        run_id="r1",
+        output=tmp_path / "out",
+        inputs=done + len(missing),
+        skipped=0,
+        scored=scored,
+        failed=failed,
+        duplicates=0,
+        records=done,
+        missing=tuple(missing),
+        elapsed_s=elapsed_s,
+    )
+
+
+def results_of(scored, failed):
+    from heke_runtime.results import VideoResult
+    from heke_runtime.results import failed as failed_result
+
+    good = [VideoResult(f"/v/ok{i}.mp4", "ok", scores={"ensemble": 2.5}) for i in range(scored)]
+    return good + [failed_result(f"/v/bad{i}.mp4", "gone") for i in range(failed)]
+
+
+def test_report_prints_the_table_and_the_records_line_with_the_rate(tmp_path, capsys):
+    from heke_corpus.cli import report
+    from heke_runtime.results import format_table
+
+    results = results_of(3, 1)
+    report(summary_of(tmp_path, scored=3, failed=1), results)
+    out, err = capsys.readouterr()
+    assert out == format_table(results) + "\n"
+    results_dir = tmp_path / "out" / "results"
+    assert err == f"heke-corpus: 4 records in {results_dir} (run r1: 8.0 s, 0.50 videos/s)\n"
+
+
+@pytest.mark.parametrize(("scored", "failed"), [(101, 0), (0, 101), (60, 60)])
+def test_above_100_results_a_totals_line_replaces_the_table(tmp_path, capsys, scored, failed):
+    from heke_corpus.cli import Progress, report
+    from heke_runtime.results import SCALE_NOTE
+
+    progress = Progress(show_bar=False)
+    for result in results_of(scored, failed):
+        progress.result(result)
+    capsys.readouterr()  # the FAILED lines
+    report(summary_of(tmp_path, scored=scored, failed=failed), progress.results)
+    out, err = capsys.readouterr()
+    assert out == f"{scored} scored, {failed} failed; scale: {SCALE_NOTE}\n"
+    assert err.startswith(f"heke-corpus: {scored + failed} records in ")
+
+
+def test_up_to_100_results_are_kept_and_shown_as_a_table(tmp_path, capsys):
+    from heke_corpus.cli import Progress, report
+    from heke_runtime.results import format_table
+
+    results = results_of(99, 1)
+    progress = Progress(show_bar=False)
+    for result in results:
+        progress.result(result)
+    assert progress.results == results
+    capsys.readouterr()
+    report(summary_of(tmp_path, scored=99, failed=1), progress.results)
+    assert capsys.readouterr().out == format_table(results) + "\n"
+
+
+def test_a_run_with_nothing_left_says_so_on_stderr_without_a_rate(tmp_path, capsys):
+    from heke_corpus.cli import report
+
+    report(summary_of(tmp_path, scored=0, failed=0, elapsed_s=1.25), [])
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "heke-corpus: nothing to do: every input is already in the output",
+        f"heke-corpus: 0 records in {tmp_path / 'out' / 'results'} (run r1: 1.2 s)",
+    ]
+
+
+def test_inputs_without_a_record_are_an_error_line_naming_the_first_five(tmp_path, capsys):
+    from heke_corpus.cli import report
+
+    missing = [f"id{i}" for i in range(7)]
+    report(summary_of(tmp_path, scored=1, failed=0, missing=missing), results_of(1, 0))
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "heke-corpus: error: 7 inputs have no record (id0, id1, id2, id3, id4); "
+        "rerun with --resume to score them"
+    )
+    report(summary_of(tmp_path, scored=1, failed=0), results_of(1, 0))
+    assert "no record" not in capsys.readouterr().err
+
+
+def test_progress_lines_go_to_stderr_and_the_bar_only_when_asked(capsys):
+    from heke_corpus.cli import Progress
+    from heke_corpus.run import RunInfo
+    from heke_runtime.results import failed
+
+    info = RunInfo("r1", "e.onnx: what runs", 9, 4, 3, 2, "http://127.0.0.1:8265")
+    progress = Progress(show_bar=False)
+    progress.start(info)
+    progress.result(failed("/v/a.mp4", "gone"))
+    progress.close()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "heke-corpus: e.onnx: what runs",
+        "heke-corpus: Ray dashboard: http://127.0.0.1:8265",
+        "heke-corpus: resuming: 3 inputs already done",
+        "heke-corpus: 2 repeated inputs scored once",
+        "heke-corpus: FAILED /v/a.mp4: gone",
+    ]
+    plain = RunInfo("r2", "e.onnx: what runs", 1, 1, 0, 0, None)
+    shown = Progress(show_bar=True)  # not a terminal here: click prints the label once
+    shown.start(plain)
+    shown.close()
+    assert capsys.readouterr() == ("", "heke-corpus: e.onnx: what runs\nscoring\n")
+
+
+def test_inputs_that_are_no_videos_are_named_on_stderr(capsys):
+    code, out, err = run(capsys, "missing.mp4", "-e", "e.onnx", "-o", "out")
+    assert code == 2 and out == ""
+    assert err.splitlines()[0].startswith("heke-corpus: missing.mp4: ")
+    assert err.splitlines()[-1] == "heke-corpus: error: no videos to score"
+
+
+# --------------------------------------------------------------------------- option parsing
+
+
+def parse(*args):
+    """The options as heke-corpus's parser reads them (the command itself is not run)."""
+    import typer
+
+    from heke_corpus.cli import app
+
+    command = typer.main.get_command(app)
+    return command.make_context("heke-corpus", ["v.mp4", "-e", "e.onnx", "-o", "o", *args])
+
+
+def test_the_cli_defaults_are_run_corpus_defaults():
+    # heke-corpus with no options and run_corpus(options=None) must run the same way.
+    from heke_corpus.run import CorpusOptions
+
+    params = parse().params
+    defaults = CorpusOptions()
+    same = ["resume", "overwrite", "jsonl", "device", "actors", "actor_cpus", "decode_cpus"]
+    same += ["videos_per_task", "batch_size", "max_retries", "flush_rows"]
+    renamed = {"flush_seconds": "flush_s", "snippets": "num_snippets", "timeout": "timeout_s"}
+    for option, field in {**dict(zip(same, same, strict=True)), **renamed}.items():
+        assert params[option] == getattr(defaults, field), option
+
+
+@pytest.mark.parametrize(
+    ("option", "lowest"),
+    [
+        ("--snippets", 2),
+        ("--actors", 1),
+        ("--videos-per-task", 1),
+        ("--batch-size", 1),
+        ("--max-retries", -1),  # -1: retry forever
+        ("--flush-rows", 1),
+    ],
+)
+def test_option_ranges(option, lowest):
+    import typer
+
+    key = option.removeprefix("--").replace("-", "_")
+    assert parse(option, str(lowest)).params[key] == lowest
+    with pytest.raises(typer.BadParameter, match=f"greater than or equal to {lowest}$"):
+        parse(option, str(lowest - 1))

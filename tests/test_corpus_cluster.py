@@ -346,3 +346,19 @@ def test_manifests_in_every_format_read_the_same(cluster, tmp_path):
     (tmp_path / "nopath.csv").write_text("file,label\na.mp4,1\n")
     with pytest.raises(CorpusUsageError, match="no 'path' column"):
         read_manifest(ray, tmp_path / "nopath.csv")
+
+
+def test_the_cli_scores_its_own_inputs_and_exits_1_when_one_failed(
+    cluster, engine, corpus, tmp_path
+):
+    # heke-corpus's exit status and its command-line inputs (not a manifest), through main:
+    # only a real run can show them (docs/MUTATION.md, corpus-cli).
+    from heke_corpus.cli import main
+
+    good, junk = corpus["paths"][1], corpus["folder"] / "junk.mp4"
+    out = tmp_path / "out"
+    assert main([str(good), str(junk), "-e", str(engine), "-o", str(out), "--actors", "1"]) == 1
+    statuses = {r["path"]: r["status"] for r in store.read_results(out)}
+    assert statuses == {str(good): "ok", str(junk): "error"}
+    clean = tmp_path / "clean"
+    assert main([str(good), "-e", str(engine), "-o", str(clean), "--actors", "1"]) == 0

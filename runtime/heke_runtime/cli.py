@@ -148,7 +148,8 @@ def run(
         list[str],
         typer.Argument(
             help="Video files, folders (searched recursively by video extension), globs, "
-            "or lists of paths (@list.txt or any .txt, one path per line).",
+            "lists of paths (@list.txt or any .txt, one path per line), URLs (https://, "
+            "rtmp://, .m3u8), or - for standard input.",
             show_default=False,
         ),
     ],
