@@ -335,3 +335,20 @@ def test_option_ranges(option, lowest):
     assert parse(option, str(lowest)).params[key] == lowest
     with pytest.raises(typer.BadParameter, match=f"greater than or equal to {lowest}$"):
         parse(option, str(lowest - 1))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--on-damage", "skip"], "--on-damage 'skip': expected one of fail, conceal"),
+        (["--hdr", "dim"], "--hdr 'dim': expected one of tonemap, as-is"),
+        (["--pix-fmt", "nv12"], "--pix-fmt nv12: heke reads raw planar formats only"),
+    ],
+)
+def test_decode_options_are_checked_as_heke_runs(tmp_path, capsys, option, message):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    engine = tmp_path / "e.onnx"
+    engine.write_bytes(b"x")
+    code = main([str(video), "-e", str(engine), "-o", str(tmp_path / "out"), *option])
+    assert code == 2 and message in capsys.readouterr().err

@@ -22,7 +22,8 @@ from heke_corpus.pipeline import (  # noqa: E402
 from heke_runtime.pipeline import ABANDONED, abandoned_calls  # noqa: E402
 from heke_runtime.scorer import Scorer, decode_video  # noqa: E402
 from tests.test_backends import tiny_engine  # noqa: E402
-from tests.videos import make_video  # noqa: E402
+from tests.test_raw_formats import _rawvideo  # noqa: E402
+from tests.videos import corrupt_file, make_video  # noqa: E402
 
 
 @pytest.mark.filterwarnings("ignore::heke_runtime.sampling.ShortVideoWarning")  # 30 frames
@@ -142,3 +143,29 @@ def test_a_worker_holding_too_many_hung_decodes_fails_the_rest_unread(clips, han
     errors = [r["prep_error"] for r in rows]
     assert errors == [timed_out] * MAX_ABANDONED + [f"{unread} in this Ray worker"]
     assert abandoned_calls() == MAX_ABANDONED
+
+
+# --------------------------------------------------------------------------- decode options
+
+
+def test_decode_tasks_take_heke_runs_decode_options(tmp_path) -> None:
+    """--pix-fmt, --on-damage and --hdr reach the decode tasks (through the ``decoding``
+    dict build_dataset hands them): each changes what a real file gives."""
+    # 31 frames of 4:2:2 are not a whole number of 4:2:0 frames: the default must fail
+    lossless = make_video(tmp_path / "c.mkv", codec="ffv1", pix_fmt="yuv422p", frames=31)
+    raw = _rawvideo(lossless, tmp_path / "c.yuv")
+    damaged = corrupt_file(
+        make_video(tmp_path / "d.mp4", frames=60), tmp_path / "bad.mp4", length=50
+    )
+
+    def prepared(path, size=None, **decoding):
+        rows = input_rows([str(path)], [None], [None])
+        table = prepare_batch(
+            rows, model="r2p1d_HEKE_4", num_snippets=12, size=size, decoding=decoding
+        )
+        return table.drop_columns(["tensor"]).to_pylist()[0]
+
+    assert "yuv420p frames" in prepared(raw, [64, 48])["prep_error"]  # read as the default
+    assert prepared(raw, [64, 48], pix_fmt="yuv422p")["prep_error"] is None
+    assert "damaged" in prepared(damaged)["prep_error"]
+    assert prepared(damaged, on_damage="conceal")["prep_error"] is None

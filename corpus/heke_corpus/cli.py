@@ -152,9 +152,16 @@ def corpus(
         int | None,
         typer.Option(min=2, help="Snippets per video. Default: the engine's (as heke-run)."),
     ] = None,
-    size: Annotated[
-        str | None, typer.Option(help="WIDTHxHEIGHT of raw .yuv (yuv420p) inputs.")
-    ] = None,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT of raw .yuv inputs.")] = None,
+    pix_fmt: Annotated[
+        str, typer.Option(help="Pixel format of raw .yuv inputs, as heke-run --pix-fmt.")
+    ] = "yuv420p",
+    on_damage: Annotated[
+        str, typer.Option(help="fail or conceal damaged videos, as heke-run --on-damage.")
+    ] = "fail",
+    hdr: Annotated[
+        str, typer.Option(help="tonemap or as-is for HDR videos, as heke-run --hdr.")
+    ] = "tonemap",
     backend: Annotated[
         str | None,
         typer.Option(
@@ -228,6 +235,9 @@ def corpus(
             flush_rows=flush_rows,
             flush_s=flush_seconds,
             timeout_s=timeout,
+            pix_fmt=pix_fmt,
+            on_damage=on_damage,  # type: ignore[arg-type]  # CorpusOptions checks it
+            hdr=hdr,  # type: ignore[arg-type]  # likewise
         )
     except HekeError as exc:
         usage_error(str(exc))

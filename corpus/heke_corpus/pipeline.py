@@ -20,7 +20,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -39,6 +39,7 @@ from heke_runtime.pipeline import (
 )
 from heke_runtime.results import VideoResult
 from heke_runtime.scorer import DecodedVideo, Scorer, decode_video, error_reason, named_inputs
+from heke_runtime.yuv import RAW_DEFAULT, RawSize
 
 INPUT_SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("label", pa.float64())])
 PREPARED_FIELDS = [
@@ -135,8 +136,12 @@ def prepare_batch(
     num_snippets: int,
     size: list[int] | None,
     timeout_s: float | None = None,
+    decoding: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """Decode and preprocess each video of ``batch``; failures become ``prep_error``.
+
+    ``decoding``: heke-run's decode options (``pix_fmt`` of raw inputs, ``on_damage``,
+    ``hdr``; their defaults when absent).
 
     With ``timeout_s``, a video whose decoding takes longer gets heke-run's ``--timeout``
     reason and the task goes on. Its decode runs on in an abandoned daemon thread, which may
@@ -147,12 +152,14 @@ def prepare_batch(
     tensors: list[pa.Array] = []
     errors: list[str | None] = []
     seconds: list[float] = []
-    dims = (int(size[0]), int(size[1])) if size else None
+    how = dict(decoding or {})
+    pix_fmt = how.pop("pix_fmt", RAW_DEFAULT)
+    dims = RawSize(int(size[0]), int(size[1]), pix_fmt) if size else None
     for path in batch.column("path").to_pylist():
         start = time.perf_counter()
         meta, tensor, error = None, pa.py_buffer(b""), None
         try:
-            sums = _decode(path, model, num_snippets, dims, timeout_s)
+            sums = _decode(path, model, num_snippets, dims, timeout_s, how)
             meta, tensor = pack_decoded(sums)
         except Exception as exc:  # one bad file must not stop a batch (as in Scorer.score)
             error = error_reason(exc, path)
@@ -168,18 +175,24 @@ def prepare_batch(
 
 
 def _decode(
-    path: str, model: str, num_snippets: int, dims: tuple[int, int] | None, limit: float | None
+    path: str,
+    model: str,
+    num_snippets: int,
+    dims: tuple[int, int] | None,
+    limit: float | None,
+    how: Mapping[str, Any],
 ) -> DecodedVideo:
-    """``decode_video(..., sums_only=True)``, given up on after ``limit`` seconds."""
+    """``decode_video(..., sums_only=True)`` with ``how`` (``on_damage``, ``hdr``), given up
+    on after ``limit`` seconds."""
     if limit is None:  # no thread: nothing to give up on
-        return decode_video(path, model, num_snippets, dims, sums_only=True)
+        return decode_video(path, model, num_snippets, dims, sums_only=True, **how)
     stuck = abandoned_calls()
     if stuck >= MAX_ABANDONED:
         raise DecodeTimeoutError(
             f"skipped unread: {stuck} earlier files still decode past --timeout in this Ray worker"
         )
     return call_with_timeout(
-        lambda: decode_video(path, model, num_snippets, dims, sums_only=True),
+        lambda: decode_video(path, model, num_snippets, dims, sums_only=True, **how),
         limit,
         timeout_reason(limit),
     )
@@ -312,6 +325,7 @@ def build_dataset(
                 "num_snippets": scorer["num_snippets"],
                 "size": scorer.get("size"),
                 "timeout_s": config.get("timeout_s"),
+                "decoding": config.get("decoding"),
             },
             num_cpus=plan.decode_cpus,
             # Retries of a task whose worker or node died (each lost output rebuilt also

@@ -36,9 +36,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from heke_runtime.decode import ON_DAMAGE_CHOICES, OnDamage
 from heke_runtime.errors import HekeError
+from heke_runtime.hdr import DEFAULT_HDR, HDR_CHOICES, HdrMode
 from heke_runtime.results import OutputError, VideoResult
 from heke_runtime.scorer import InputItem, Scorer, expand_inputs
+from heke_runtime.yuv import RAW_DEFAULT, check_raw_pix_fmt
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -113,8 +116,12 @@ class CorpusOptions:
     flush_rows: int = 1000
     flush_s: float = 30.0
     timeout_s: float | None = None
+    pix_fmt: str = RAW_DEFAULT  # of raw .yuv inputs, as heke-run --pix-fmt
+    on_damage: OnDamage = "fail"  # as heke-run --on-damage
+    hdr: HdrMode = DEFAULT_HDR  # as heke-run --hdr
 
     def __post_init__(self) -> None:
+        self._check_decoding()
         if self.device not in DEVICES:
             raise CorpusUsageError(f"device {self.device!r}; valid: {', '.join(DEVICES)}")
         if self.resume and self.overwrite:
@@ -142,6 +149,19 @@ class CorpusOptions:
             raise CorpusUsageError(
                 f"max_retries must be -1 (forever) or more, got {self.max_retries}"
             )
+
+    def _check_decoding(self) -> None:
+        """The decode options heke-run shares, refused with heke-run's words."""
+        try:
+            check_raw_pix_fmt(self.pix_fmt)
+        except ValueError as exc:
+            raise CorpusUsageError(str(exc)) from None
+        if self.on_damage not in ON_DAMAGE_CHOICES:
+            raise CorpusUsageError(
+                f"--on-damage {self.on_damage!r}: expected one of {', '.join(ON_DAMAGE_CHOICES)}"
+            )
+        if self.hdr not in HDR_CHOICES:
+            raise CorpusUsageError(f"--hdr {self.hdr!r}: expected one of {', '.join(HDR_CHOICES)}")
 
 
 @dataclass(frozen=True)
@@ -587,7 +607,12 @@ def _actor_config(
     return {
         "run_id": run_id,
         "model": scorer.model,
-        "timeout_s": options.timeout_s,  # for the decode tasks
+        "timeout_s": options.timeout_s,  # for the decode tasks, as the three below
+        "decoding": {
+            "pix_fmt": options.pix_fmt,
+            "on_damage": options.on_damage,
+            "hdr": options.hdr,
+        },
         "scorer": {
             "engine": str(scorer.engine_path.resolve()),
             "regressor": str(Path(regressor).resolve()) if regressor else None,
