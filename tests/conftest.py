@@ -30,7 +30,7 @@ try:
 except ImportError:  # the GPU image gpu_check.sh runs on has none; CI has it (the dev extra)
     jsonschema = None
 
-from heke_runtime.results import record_schema_text
+from heke_runtime.results import json_lines, record_schema_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
@@ -103,12 +103,8 @@ def check_record(record: dict[str, Any]) -> None:
 
 def _heke_run_records(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     for path in folder.rglob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn line a resume test wrote on purpose
-            if isinstance(record, dict) and "schema_version" in record and "path" in record:
+        for record in json_lines(path.read_text()):  # skips torn lines resume tests write
+            if "schema_version" in record and "path" in record:
                 yield path, record
 
 

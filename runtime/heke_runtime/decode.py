@@ -104,7 +104,7 @@ import av
 import numpy as np
 from av.sidedata.sidedata import SideData
 
-from heke_runtime.errors import VideoDecodeError
+from heke_runtime.errors import VideoDecodeError, reason_of
 from heke_runtime.hdr import (
     DEFAULT_HDR,
     HDR_CHOICES,
@@ -115,7 +115,13 @@ from heke_runtime.hdr import (
     tonemap_to_sdr,
     transfer_name,
 )
-from heke_runtime.yuv import raw_frame_count, raw_pix_fmt, read_raw_frames, read_raw_luma
+from heke_runtime.yuv import (
+    luma_plane,
+    raw_frame_count,
+    raw_pix_fmt,
+    read_raw_frames,
+    read_raw_luma,
+)
 
 RAW_SUFFIXES = frozenset({".yuv"})
 RAW_FPS = 25.0  # nominal rate for raw files, which store none (LIVE-style sets are 25/50 fps)
@@ -406,21 +412,13 @@ def read_luma(info: VideoInfo) -> Iterator[np.ndarray]:
         stream = _stream_at(container, info.stream_index)
         for frame in _decoded(container, stream, path):
             _check_index(info, position, frame)
-            yield _orient(_luma(frame), info)
+            yield _orient(luma_plane(frame), info)
             position += 1
     if position < info.num_frames:
         raise FrameIndexError(
             f"{path}: the decoder gave {position} frames, fewer than the {info.num_frames} "
             "the index counted"
         )
-
-
-def _luma(frame: av.VideoFrame) -> np.ndarray:
-    if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
-    plane = frame.planes[0]
-    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
-    return rows[:, : frame.width].copy()
 
 
 # --- opening and checking -------------------------------------------------------------------
@@ -440,15 +438,10 @@ def _open(path: Path) -> av.container.InputContainer:
         return av.open(str(path), metadata_errors="ignore")
     except av.error.InvalidDataError as exc:
         raise VideoDecodeError(
-            f"{path}: not a video file FFmpeg can read, or damaged/truncated ({_reason(exc)})"
+            f"{path}: not a video file FFmpeg can read, or damaged/truncated ({reason_of(exc)})"
         ) from exc
     except (av.FFmpegError, OSError) as exc:
-        raise VideoDecodeError(f"{path}: cannot open: {_reason(exc)}") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise VideoDecodeError(f"{path}: cannot open: {reason_of(exc)}") from exc
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
@@ -510,7 +503,7 @@ def _scan(
                     dts = packet.pts if packet.dts is None else packet.dts
                     scan.keyframes.append((packet.pts, dts))
     except av.FFmpegError as exc:
-        raise _damage(path, len(scan.pts), None, f"read error ({_reason(exc)})") from exc
+        raise _damage(path, len(scan.pts), None, f"read error ({reason_of(exc)})") from exc
     if not scan.pts:
         raise VideoDecodeError(f"{path}: the video stream has no frames")
     if scan.first_frame is None:
@@ -532,7 +525,7 @@ def _decode_first(scan: _Scan, packet: av.Packet, path: Path, *, conceal: bool) 
         if conceal:  # the next packet may decode; the full count will tell
             scan.damaged = True
             return
-        raise _damage(path, 0, _seconds(packet), f"decoder error ({_reason(exc)})") from exc
+        raise _damage(path, 0, _seconds(packet), f"decoder error ({reason_of(exc)})") from exc
     if frames:
         scan.first_frame = frames[0]
 
@@ -742,7 +735,7 @@ def _decoded(
                 continue
             if damage is None:
                 raise _damage(
-                    path, count, _seconds(packet), f"decoder error ({_reason(exc)})"
+                    path, count, _seconds(packet), f"decoder error ({reason_of(exc)})"
                 ) from exc
             damage.rejected_packets += 1
             damage.seen(count, _seconds(packet))

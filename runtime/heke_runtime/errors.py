@@ -20,3 +20,10 @@ class UnknownModelError(HekeError, KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def reason_of(exc: object) -> str:
+    """An exception's reason on one line: an OS error's text, else its first line, else its
+    type's name (what FFmpeg, sockets and file errors say, without the path they repeat)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

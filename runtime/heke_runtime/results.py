@@ -469,15 +469,21 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     text = path.read_text()
     if output_format(path) == "csv":
         return _read_csv(path, text)
-    records = []
+    return [record for record in json_lines(text) if "path" in record]
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON lines text; a line that is not one (torn by an interrupted
+    write) is skipped."""
+    objects = []
     for line in text.splitlines():
         try:
-            record = json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "path" in record:
-            records.append(record)
-    return records
+        if isinstance(value, dict):
+            objects.append(value)
+    return objects
 
 
 def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from heke_runtime.errors import HekeError, VideoDecodeError
+from heke_runtime.errors import HekeError, VideoDecodeError, reason_of
 
 STDIN = "-"
 NETWORK_STALL_S = 60.0  # how long a read may wait for data when no --timeout is given
@@ -126,7 +126,7 @@ def _spool_pipe(source: str, dest: Path) -> None:
             with open(source, "rb") as pipe:
                 copied = _copy(pipe, dest)
     except OSError as exc:
-        raise VideoDecodeError(f"{source}: cannot read {what}: {_reason(exc)}") from exc
+        raise VideoDecodeError(f"{source}: cannot read {what}: {reason_of(exc)}") from exc
     if not copied:
         raise VideoDecodeError(f"{source}: {what} is empty")
 
@@ -145,7 +145,7 @@ def _spool_http(url: str, dest: Path, stall_s: float) -> None:
         raise VideoDecodeError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise VideoDecodeError(f"{url}: cannot connect ({_reason(reason)})") from exc
+        raise VideoDecodeError(f"{url}: cannot connect ({reason_of(reason)})") from exc
     length = response.headers.get("Content-Length")
     expected = int(length) if length and length.isdigit() else None
     got = 0
@@ -160,7 +160,7 @@ def _spool_http(url: str, dest: Path, stall_s: float) -> None:
             ) from exc
         except OSError as exc:
             raise VideoDecodeError(
-                f"{url}: connection dropped after {_size(got)} ({_reason(exc)})"
+                f"{url}: connection dropped after {_size(got)} ({reason_of(exc)})"
             ) from exc
     if expected is not None and got < expected:
         raise VideoDecodeError(
@@ -194,16 +194,11 @@ def _remux(url: str, dest: Path, stall_s: float) -> None:
                     packet.stream = copy
                     out.mux(packet)
     except (av.FFmpegError, OSError) as exc:
-        raise VideoDecodeError(f"{url}: cannot read: {_reason(exc)}") from exc
+        raise VideoDecodeError(f"{url}: cannot read: {reason_of(exc)}") from exc
 
 
 def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count} bytes"
-
-
-def _reason(exc: object) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["NETWORK_STALL_S", "STDIN", "is_stream", "is_url", "local_copy"]

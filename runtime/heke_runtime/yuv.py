@@ -23,14 +23,48 @@ def yuv420p_frame_size(width: int, height: int) -> int:
 
 def yuv420p_frame_count(path: Path, width: int, height: int) -> int:
     """Frames in a raw file; a size that is not a whole number of frames is an error."""
-    size = path.stat().st_size
     frame = yuv420p_frame_size(width, height)
+    return _whole_frames(path, frame, f"{width}x{height} yuv420p", "check --size")
+
+
+def _whole_frames(path: Path, frame: int, what: str, hint: str) -> int:
+    size = path.stat().st_size
     if size == 0 or size % frame:
         raise VideoDecodeError(
-            f"{path}: {size} bytes is not a whole number of {width}x{height} yuv420p frames "
-            f"({frame} bytes each); check --size"
+            f"{path}: {size} bytes is not a whole number of {what} frames ({frame} bytes "
+            f"each); {hint}"
         )
     return size // frame
+
+
+def _frames_at(path: Path, frame: int, indices: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+    """``(index, bytes)`` of each distinct frame asked for, in ascending order, seeking."""
+    with path.open("rb") as handle:
+        for index in sorted(set(int(i) for i in indices)):
+            handle.seek(index * frame)
+            data = handle.read(frame)
+            if len(data) != frame:
+                raise VideoDecodeError(f"{path}: frame {index} is past the end of the file")
+            yield index, data
+
+
+def _every_frame(path: Path, frame: int) -> Iterator[bytes]:
+    """Each frame's bytes in order, one frame in memory at a time."""
+    with path.open("rb") as handle:
+        while data := handle.read(frame):
+            if len(data) != frame:
+                raise VideoDecodeError(f"{path}: the last frame is cut short ({len(data)} bytes)")
+            yield data
+
+
+def luma_plane(frame: av.VideoFrame) -> np.ndarray:
+    """The Y plane as yuv420p gives it, ``[H, W]`` uint8: other formats go through swscale
+    first (an 8-bit Y plane stays as it is; higher depths are reduced to 8 bits)."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    plane = frame.planes[0]
+    rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
+    return rows[:, : frame.width].copy()
 
 
 def yuv420p_to_rgb24(data: bytes | np.ndarray, width: int, height: int) -> np.ndarray:
@@ -55,25 +89,15 @@ def read_yuv420p_frames(
     path: Path, width: int, height: int, indices: Sequence[int]
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, rgb)`` for each distinct index, in ascending order, seeking directly."""
-    frame = yuv420p_frame_size(width, height)
-    with path.open("rb") as handle:
-        for index in sorted(set(int(i) for i in indices)):
-            handle.seek(index * frame)
-            data = handle.read(frame)
-            if len(data) != frame:
-                raise VideoDecodeError(f"{path}: frame {index} is past the end of the file")
-            yield index, yuv420p_to_rgb24(data, width, height)
+    for index, data in _frames_at(path, yuv420p_frame_size(width, height), indices):
+        yield index, yuv420p_to_rgb24(data, width, height)
 
 
 def read_yuv420p_luma(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
     """Yield the Y plane of every frame, ``[H, W]`` uint8, reading one frame at a time."""
-    frame = yuv420p_frame_size(width, height)
     luma = width * height
-    with path.open("rb") as handle:
-        while data := handle.read(frame):
-            if len(data) != frame:
-                raise VideoDecodeError(f"{path}: the last frame is cut short ({len(data)} bytes)")
-            yield np.frombuffer(data[:luma], dtype=np.uint8).reshape(height, width)
+    for data in _every_frame(path, yuv420p_frame_size(width, height)):
+        yield np.frombuffer(data[:luma], dtype=np.uint8).reshape(height, width)
 
 
 # --- raw files in other planar formats (heke-run --pix-fmt) -----------------------------------
@@ -137,13 +161,9 @@ def raw_frame_count(path: Path, width: int, height: int, pix_fmt: str) -> int:
     """Frames in a raw file; a size that is not a whole number of frames is an error."""
     if pix_fmt == RAW_DEFAULT:
         return yuv420p_frame_count(path, width, height)
-    size, frame = path.stat().st_size, raw_frame_size(width, height, pix_fmt)
-    if size == 0 or size % frame:
-        raise VideoDecodeError(
-            f"{path}: {size} bytes is not a whole number of {width}x{height} {pix_fmt} frames "
-            f"({frame} bytes each); check --size and --pix-fmt"
-        )
-    return size // frame
+    frame = raw_frame_size(width, height, pix_fmt)
+    what = f"{width}x{height} {pix_fmt}"
+    return _whole_frames(path, frame, what, "check --size and --pix-fmt")
 
 
 def raw_to_frame(data: bytes, width: int, height: int, pix_fmt: str) -> av.VideoFrame:
@@ -167,16 +187,10 @@ def read_raw_frames(
     if pix_fmt == RAW_DEFAULT:
         yield from read_yuv420p_frames(path, width, height, indices)
         return
-    frame = raw_frame_size(width, height, pix_fmt)
-    with path.open("rb") as handle:
-        for index in sorted(set(int(i) for i in indices)):
-            handle.seek(index * frame)
-            data = handle.read(frame)
-            if len(data) != frame:
-                raise VideoDecodeError(f"{path}: frame {index} is past the end of the file")
-            picture = raw_to_frame(data, width, height, pix_fmt)
-            # bicubic, as decode does for container frames: it matters once chroma is scaled
-            yield index, picture.to_ndarray(format="rgb24", interpolation="BICUBIC")
+    for index, data in _frames_at(path, raw_frame_size(width, height, pix_fmt), indices):
+        picture = raw_to_frame(data, width, height, pix_fmt)
+        # bicubic, as decode does for container frames: it matters once chroma is scaled
+        yield index, picture.to_ndarray(format="rgb24", interpolation="BICUBIC")
 
 
 def read_raw_luma(path: Path, width: int, height: int, pix_fmt: str) -> Iterator[np.ndarray]:
@@ -184,12 +198,5 @@ def read_raw_luma(path: Path, width: int, height: int, pix_fmt: str) -> Iterator
     if pix_fmt == RAW_DEFAULT:
         yield from read_yuv420p_luma(path, width, height)
         return
-    frame = raw_frame_size(width, height, pix_fmt)
-    with path.open("rb") as handle:
-        while data := handle.read(frame):
-            if len(data) != frame:
-                raise VideoDecodeError(f"{path}: the last frame is cut short ({len(data)} bytes)")
-            picture = raw_to_frame(data, width, height, pix_fmt).reformat(format=RAW_DEFAULT)
-            plane = picture.planes[0]
-            rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(height, -1)
-            yield rows[:, :width].copy()
+    for data in _every_frame(path, raw_frame_size(width, height, pix_fmt)):
+        yield luma_plane(raw_to_frame(data, width, height, pix_fmt))

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from heke_finetune.fr.pairs import METRICS, FrResult
-from heke_runtime.results import OutputError, RecordWriter, output_format, path_key
+from heke_runtime.results import OutputError, RecordWriter, json_lines, output_format, path_key
 
 FR_COLUMNS = (
     "ref", "dist", "status", *METRICS, "frames", "width", "height", "elapsed_s", "warnings",
@@ -66,12 +65,4 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
         if reader.fieldnames is not None and tuple(reader.fieldnames) != FR_COLUMNS:
             raise OutputError(f"{path}: its CSV columns are not heke-fr's; cannot resume it")
         return [dict(row) for row in reader if row.get("ref") and row.get("dist")]
-    return [r for r in map(_json, text.splitlines()) if "ref" in r and "dist" in r]
-
-
-def _json(line: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return record if isinstance(record, dict) else {}
+    return [r for r in json_lines(text) if "ref" in r and "dist" in r]
