@@ -219,12 +219,13 @@ class Scorer:
     # The steps of ``score``, public so that other drivers (the Ray corpus actor, the
     # benchmarks) give the same records: decode -> infer -> result, or failure.
 
-    def decode(self, path: str | Path) -> DecodedVideo:
-        """Probe, sample, decode and preprocess one video (thread-safe)."""
+    def decode(self, path: str | Path, num_snippets: int | None = None) -> DecodedVideo:
+        """Probe, sample, decode and preprocess one video (thread-safe); ``num_snippets``
+        overrides the Scorer's for this video (heke-serve's ``?snippets=``)."""
         return decode_video(
             path,
             self.model,
-            self.num_snippets,
+            num_snippets or self.num_snippets,
             self.size,
             on_damage=self.on_damage,
             stall_s=self.timeout,
@@ -277,7 +278,7 @@ class Scorer:
         shape = next(iter(decoded.inputs.values())).shape
         return Sampling(
             model=self.model,
-            num_snippets=self.num_snippets,
+            num_snippets=int(decoded.plan.shape[0]),  # the plan's, which decode() chose
             frames_per_snippet=self.sidecar.preprocess.frames_per_snippet,
             time_step=decoded.time_step,
             scale=decoded.scale,

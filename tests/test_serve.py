@@ -1,0 +1,378 @@
+"""``heke-serve`` as a real uvicorn process on 127.0.0.1, called over HTTP with httpx: records
+equal heke-run's, every refusal's status and one-line reason, jobs, batching across requests,
+backpressure (429), metrics, SIGTERM draining, and no upload left behind."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from heke_runtime.cli import main as heke_run
+from heke_runtime.results import read_records
+from heke_runtime.tolerances import SERVE_RECORD
+from tests.conftest import check_record
+from tests.servers import Server, metric, upload
+from tests.test_backends import tiny_engine
+from tests.videos import make_audio, make_video
+
+TOKEN = "s3cret-token"
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Path:
+    return tiny_engine("r2p1d_HEKE_4")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clips")
+    allowed = folder / "allowed"
+    allowed.mkdir()
+    make_video(allowed / "a.mp4", frames=30)
+    make_video(folder / "b.mkv", frames=36, size=(48, 32))
+    make_video(folder / "c.mp4", frames=30, start_frame=7)
+    make_video(folder / "outside.mp4", frames=30)
+    (folder / "text.mp4").write_text("hello, I am text\n")
+    make_audio(folder / "tone.m4a")
+    (folder / "big.mp4").write_bytes(os.urandom(700 * 1024))
+    (allowed / "escape.mp4").symlink_to(folder / "outside.mp4")
+    return folder
+
+
+def heke_run_records(engine: Path, folder: Path, paths: list[Path], *args: str) -> dict[str, Any]:
+    """heke-run's record of each path, by file name."""
+    out = folder / f"run{len(list(folder.glob('run*.jsonl')))}.jsonl"
+    heke_run([*map(str, paths), "-e", str(engine), "-o", str(out), *args])
+    return {Path(r["path"]).name: r for r in read_records(out)}
+
+
+@pytest.fixture(scope="module")
+def expected(engine, clips, tmp_path_factory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("expected")
+    paths = [clips / "allowed" / "a.mp4", clips / "b.mkv", clips / "c.mp4", clips / "text.mp4"]
+    return heke_run_records(engine, folder, [*paths, clips / "tone.m4a"])
+
+
+@pytest.fixture(scope="module")
+def server(engine, clips, tmp_path_factory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("server")
+    token = folder / "token"
+    token.write_text(TOKEN + "\n")
+    args = [
+        "--token-file", token, "--allow-path", clips / "allowed", "--max-upload-mb", "0.5",
+        "--max-batch", "8", "--batch-delay-ms", "400", "--decode-workers", "2",
+    ]  # fmt: skip
+    running = Server(engine, *args, tmp=folder / "tmp")
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture
+def client(server) -> Iterator[httpx.Client]:
+    with server.client(TOKEN) as c:
+        yield c
+
+
+def assert_same_record(got: dict[str, Any], want: dict[str, Any], where: str = "") -> None:
+    """Equal records but for elapsed time (and the path, which the caller checks)."""
+    check_record(got)
+    keys = set(got) | set(want)
+    for key in keys - {"path", "elapsed_s"}:
+        assert_same(got.get(key), want.get(key), f"{where}{key}")
+
+
+def assert_same(got: Any, want: Any, where: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert math.isclose(got, want, abs_tol=SERVE_RECORD.atol), f"{where}: {got} != {want}"
+    else:
+        assert got == want, where
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_an_upload_gets_exactly_the_record_heke_run_writes(client, clips, expected):
+    for path in (clips / "allowed" / "a.mp4", clips / "b.mkv"):
+        response = upload(client, path)
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert record["path"] == path.name  # the client's name, never the temporary file
+        assert record["status"] == "ok" and len(record["snippets"]) == 12
+        assert_same_record(record, expected[path.name], f"{path.name}: ")
+
+
+def test_snippets_10_is_heke_run_snippets_10(client, engine, clips, tmp_path):
+    path = clips / "c.mp4"
+    want = heke_run_records(engine, tmp_path, [path], "--snippets", "10")["c.mp4"]
+    response = upload(client, path, snippets=10)
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert len(record["snippets"]) == 10 and record["sampling"]["num_snippets"] == 10
+    assert_same_record(record, want)
+
+
+def test_a_server_side_path_under_allow_path_is_scored(client, clips, expected):
+    given = str(clips / "allowed" / "a.mp4")
+    response = client.post("/v1/score", json={"path": given})
+    assert response.status_code == 200, response.text
+    assert response.json()["path"] == given
+    assert_same_record(response.json(), expected["a.mp4"])
+
+
+def test_concurrent_requests_share_engine_calls_and_keep_their_records(server, clips, expected):
+    """Two 12-snippet videos with --max-batch 8: alone they take 4 calls (8+4, 8+4); together
+    the window lets the first one's last 4 snippets ride with the second one's first 4."""
+    with server.client(TOKEN) as c:
+        before = metric(c.get("/metrics").text, "heke_batch_videos_count")
+        shared_before = _shared_batches(c.get("/metrics").text)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(lambda p: upload(c, p), [clips / "allowed" / "a.mp4", clips / "c.mp4"])
+            )
+        text = c.get("/metrics").text
+    for response, name in zip(answers, ["a.mp4", "c.mp4"]):
+        assert response.status_code == 200, response.text
+        assert_same_record(response.json(), expected[name], f"{name}: ")
+    assert _shared_batches(text) > shared_before
+    assert metric(text, "heke_batch_videos_count") - before < 4
+
+
+def _shared_batches(text: str) -> float:
+    """Engine calls that held snippets of more than one video."""
+    return metric(text, "heke_batch_videos_count") - metric(
+        text, "heke_batch_videos_bucket", ['le="1.0"']
+    )
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_not_a_video_or_no_video_stream_is_422_with_heke_runs_reason(client, clips, expected):
+    for name in ("text.mp4", "tone.m4a"):
+        response = upload(client, clips / name)
+        assert response.status_code == 422, response.text
+        body = response.json()
+        want = expected[name]["error"]
+        assert want and body["error"] == f"{name}: {want}"
+        assert body["record"]["status"] == "error" and body["record"]["error"] == want
+        assert "heke-serve-" not in body["error"]  # no temporary path leaks out
+    assert "no video stream" in expected["tone.m4a"]["error"]
+
+
+def test_missing_field_bad_query_and_bad_json_are_422(client, clips):
+    with open(clips / "allowed" / "a.mp4", "rb") as handle:
+        response = client.post("/v1/score", files={"file": ("a.mp4", handle)})
+    assert response.status_code == 422
+    assert response.json() == {"error": "the multipart upload has no 'video' field"}
+    response = upload(client, clips / "allowed" / "a.mp4", snippets=11)
+    assert (response.status_code, response.json()["error"]) == (
+        422,
+        "snippets must be 10 or 12, got 11",
+    )
+    assert upload(client, clips / "allowed" / "a.mp4", snippets="ten").status_code == 422
+    bad = client.post("/v1/score", content=b"{", headers={"content-type": "application/json"})
+    assert bad.status_code == 422 and "JSON body does not parse" in bad.json()["error"]
+    assert client.post("/v1/score", json={"file": "a.mp4"}).status_code == 422
+
+
+def test_an_upload_over_the_limit_is_413_declared_or_streamed(client, clips):
+    response = upload(client, clips / "big.mp4")
+    assert response.status_code == 413
+    assert response.json()["error"] == "upload larger than the server's limit of 0.5 MB"
+    data = (clips / "big.mp4").read_bytes()
+    streamed = client.post(  # chunked: no Content-Length to refuse it early
+        "/v1/score",
+        content=_multipart_chunks("big.mp4", data, threading.Event(), wait=False),
+        headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    assert streamed.status_code == 413
+
+
+def test_a_missing_or_wrong_token_is_401_and_probes_need_none(server, clips):
+    for token in (None, "wrong"):
+        with server.client(token) as c:
+            response = upload(c, clips / "allowed" / "a.mp4")
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert "bearer token" in response.json()["error"]
+            assert c.get("/v1/jobs/anything").status_code == 401
+            for route in ("/healthz", "/readyz", "/metrics", "/", "/docs"):
+                assert c.get(route).status_code == 200, route
+
+
+def test_paths_outside_allow_path_are_403_symlinks_and_dotdot_included(client, clips):
+    allowed = clips / "allowed"
+    for given in (
+        clips / "outside.mp4",
+        allowed / "escape.mp4",  # a symlink inside that points outside
+        f"{allowed}/../outside.mp4",
+        "https://example.com/a.mp4",
+    ):
+        response = client.post("/v1/score", json={"path": str(given)})
+        assert response.status_code == 403, given
+        assert response.json()["error"].startswith(f"{given}: ")
+
+
+def test_unknown_job_is_404(client):
+    response = client.get("/v1/jobs/no-such-job")
+    assert response.status_code == 404
+    assert response.json()["error"].startswith("no job no-such-job")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_jobs_answer_202_then_the_record_or_the_reason(client, clips, expected):
+    good = upload(client, clips / "b.mkv", route="/v1/jobs")
+    bad = upload(client, clips / "text.mp4", route="/v1/jobs")
+    assert good.status_code == bad.status_code == 202
+    assert good.headers["location"] == good.json()["url"] == f"/v1/jobs/{good.json()['id']}"
+    done = _wait_job(client, good.json()["id"])
+    assert done["status"] == "done" and done["http_status"] == 200 and done["input"] == "b.mkv"
+    assert_same_record(done["record"], expected["b.mkv"])
+    failed = _wait_job(client, bad.json()["id"])
+    assert failed["status"] == "failed" and failed["http_status"] == 422
+    assert failed["error"] == f"text.mp4: {expected['text.mp4']['error']}"
+
+
+def _wait_job(client: httpx.Client, job_id: str, limit_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        view = client.get(f"/v1/jobs/{job_id}").json()
+        if view["status"] in ("done", "failed"):
+            return view
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {view['status']} after {limit_s} s")
+
+
+# --------------------------------------------------------------------------- probes, metrics
+
+
+def test_probes_metrics_and_api_docs(client):
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["model"] == "r2p1d_HEKE_4"
+    assert ready["max_batch"] == 8 and "CPUExecutionProvider" in ready["device"]
+    text = client.get("/metrics").text
+    assert metric(text, "heke_requests_total", ['route="/v1/score"', 'code="200"']) >= 1
+    assert metric(text, "heke_videos_scored_total") >= 1
+    assert metric(text, "heke_decode_failures_total") >= 1
+    assert metric(text, "heke_queue_depth") == 0
+    assert metric(text, "heke_request_latency_seconds_count", ['route="/v1/score"']) >= 1
+    assert metric(text, "heke_batch_size_count") >= 1
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+
+
+def test_no_upload_is_left_behind(server, client):
+    assert len(server.upload_folders()) == 1
+    assert server.temp_files() == []
+
+
+# --------------------------------------------------------------------------- backpressure, drain
+
+BOUNDARY = "heke-test-boundary"
+
+
+def _multipart_chunks(name: str, data: bytes, gate: threading.Event, wait: bool = True):
+    """A multipart body sent in pieces: the head, then (once ``gate`` opens) the file."""
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="video"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    if wait:
+        assert gate.wait(120), "the test never opened the gate"
+    for start in range(0, len(data), 64 * 1024):
+        yield data[start : start + 64 * 1024]
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def test_a_full_queue_is_429_and_sigterm_drains_then_exits_0(engine, clips, expected, tmp_path):
+    """With --max-queue 1, a slow upload holds the only slot: the next request is refused
+    (429, Retry-After). SIGTERM then refuses new requests (503) while the slow one finishes
+    with its full record, and the process exits 0 with no temporary file left."""
+    server = Server(engine, "--max-queue", "1", "--decode-workers", "1", tmp=tmp_path / "tmp")
+    gate = threading.Event()
+    data = (clips / "allowed" / "a.mp4").read_bytes()
+    try:
+        with server.client() as c, ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(
+                c.post,
+                "/v1/score",
+                content=_multipart_chunks("a.mp4", data, gate),
+                headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+            )
+            _wait_for(lambda: metric(c.get("/metrics").text, "heke_queue_depth") == 1)
+            busy = upload(c, clips / "b.mkv")
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"].startswith("server busy: 1 videos in progress")
+            server.proc.send_signal(signal.SIGTERM)
+            _wait_for(lambda: c.get("/readyz").status_code == 503)
+            refused = upload(c, clips / "b.mkv")
+            assert refused.status_code == 503
+            assert refused.json() == {"error": "the server is shutting down"}
+            assert server.proc.poll() is None  # the slow request still holds it up
+            gate.set()
+            answer = slow.result(timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert_same_record(answer.json(), expected["a.mp4"])
+        assert server.proc.wait(60) == 0, server.log()
+        assert "SIGTERM: finishing work in flight" in server.log()
+        assert server.upload_folders() == []  # removed on the way out
+    finally:
+        gate.set()
+        server.stop(signal.SIGKILL)
+
+
+def _wait_for(condition, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- the batcher
+
+
+def test_the_batcher_equals_one_video_at_a_time_on_onnx_runtime(engine):
+    """DynamicBatcher on a real ONNX Runtime session: videos of two shapes, submitted
+    together, come back each with its own rows, equal to running the video alone."""
+    from heke_runtime.backends import open_backend
+    from heke_serve.batching import DynamicBatcher
+
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(n, 3, 8, h, w)).astype(np.float32) for n, h, w in
+              [(5, 32, 32), (3, 32, 32), (4, 24, 40), (2, 32, 32)]]  # fmt: skip
+    sizes: list[tuple[int, int]] = []
+    with open_backend(engine, "onnxruntime") as backend:
+        alone = [backend.infer({"clips": v}) for v in videos]
+        batcher = DynamicBatcher(backend.infer, 4, 0.2, lambda s, v: sizes.append((s, v)))
+        futures = [batcher.submit({"clips": v}) for v in videos]
+        together = [f.result(timeout=60) for f in futures]
+        batcher.close()
+    for got, want in zip(together, alone):
+        for name in ("heads", "features"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    assert all(s <= 4 for s, _ in sizes) and sum(s for s, _ in sizes) == 14
+    assert any(v > 1 for _, v in sizes)  # at least one call held two videos' snippets
