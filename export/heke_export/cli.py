@@ -10,6 +10,7 @@ import typer
 
 from heke_export.onnx_export import PRECISIONS, Precision
 from heke_export.pipeline import ExportOptions, artifacts_from_weights, weights_for
+from heke_export.triton import check_triton_repository, write_triton_repository
 from heke_export.trt_build import BuildOptions, Profile, Range, default_profile
 from heke_runtime.cli_common import new_app
 from heke_runtime.errors import HekeError
@@ -101,6 +102,7 @@ def export(
             help=_RANGE_HELP.format(
                 what="batch", value=f"1:S:S, S = snippets per video ({_SNIPPETS})"
             )
+            + "; with --triton, MAX is max_batch_size and OPT the preferred batch"
         ),
     ] = None,
     height: Annotated[
@@ -125,6 +127,17 @@ def export(
         bool,
         typer.Option("--tiny", help="tiny test configuration (with --demo-weights; for tests)"),
     ] = False,
+    triton: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="also write a Triton Inference Server model repository in DIR: "
+            "<model>/config.pbtxt and <model>/1/model.onnx (model.plan with --tensorrt), "
+            "<model> for FP16 and <model>_fp32 for FP32. A model folder already there is "
+            "replaced only when it holds the same model, precision and weights; otherwise "
+            "nothing is exported (error). Other models in DIR are left alone.",
+        ),
+    ] = None,
 ) -> None:
     """Export a HEKE model to ONNX (FP32 and FP16), optionally verify and build TensorRT engines."""
     if (weights is None) == (not demo_weights):
@@ -139,20 +152,32 @@ def export(
             build = BuildOptions(
                 profile, int(workspace_gib * (1 << 30)), timing_cache, version_compatible
             )
+        # --batch sizes Triton's batching too (bad values are usage errors, before export)
+        onnx_batch = _profile(model, batch, None, None).batch if triton is not None else None
         both = precision is PrecisionChoice.both
         precisions = PRECISIONS if both else (cast(Precision, precision.value),)
         options = ExportOptions(precisions, verify, reference_dir, build)
         loaded = weights_for(model, weights, tiny=tiny, trust_pickle=trust_checkpoint)
+        if triton is not None:  # refuse before minutes of export, not after
+            check_triton_repository(triton, loaded, precisions)
         if loaded.demo:
             typer.echo(
                 "NOTE: DEMO weights; every artifact says so; scores are not quality predictions"
             )
         result = artifacts_from_weights(loaded, out, options, echo=typer.echo)
+        if triton is not None and result.verified:  # never serve a graph that failed --verify
+            write_triton_repository(
+                triton, result.onnx, result.plans, onnx_batch=onnx_batch, echo=typer.echo
+            )
     except HekeError as exc:
         typer.echo(f"heke-export: error: {exc}", err=True)
         raise typer.Exit(1) from None
     if not result.verified:
-        typer.echo("heke-export: error: verification FAILED (see the report above)", err=True)
+        unwritten = "; no Triton repository written" if triton is not None else ""
+        typer.echo(
+            f"heke-export: error: verification FAILED (see the report above){unwritten}",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
