@@ -32,7 +32,7 @@ from typing import TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-PACKAGE_FOLDERS = (".", "runtime", "export", "corpus", "finetune", "benchmarks")
+PACKAGE_FOLDERS = (".", "runtime", "export", "corpus", "finetune", "serve", "benchmarks")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Bug:
 
 
 FR_TESTS = ("tests/test_fr_parity.py", "tests/test_fr_cli.py")
+SERVE_TESTS = ("tests/test_serve.py",)
 
 BUGS = (
     Bug(
@@ -180,6 +181,78 @@ BUGS = (
         '    return 1.0 - value if DIRECTION[metric] == "higher-is-better" else value\n',
         "    return value\n",
         ("tests/test_fr_agreement.py",),
+    ),
+    Bug(
+        "serve-timeout",
+        "heke-serve --timeout never reaches the decoding",
+        "serve/heke_serve/cli.py",
+        "        timeout_s=timeout,\n",
+        "        timeout_s=None,\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-on-damage",
+        "heke-serve --on-damage never reaches the decoder",
+        "serve/heke_serve/cli.py",
+        '            on_damage=cast("OnDamage", on_damage),\n',
+        "",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-max-queue",
+        "heke-serve buffers without bound: --max-queue ignored",
+        "serve/heke_serve/service.py",
+        "            if self.admitted >= self.limits.max_queue:\n",
+        "            if False:\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-batch-delay",
+        "heke-serve --batch-delay-ms dropped: no batching across requests",
+        "serve/heke_serve/cli.py",
+        "        batch_delay_s=batch_delay_ms / 1000,\n",
+        "        batch_delay_s=0.0,\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-symlink-escape",
+        "--allow-path checked without following symlinks",
+        "serve/heke_serve/app.py",
+        "    real = Path(os.path.realpath(given))\n",
+        "    real = Path(os.path.abspath(given))\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-upload-kept",
+        "an upload's temporary file is never deleted",
+        "serve/heke_serve/uploads.py",
+        "            self.path.unlink(missing_ok=True)\n",
+        "            pass\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-streamed-limit",
+        "a chunked upload (no Content-Length) passes --max-upload-mb",
+        "serve/heke_serve/uploads.py",
+        "        if self.written > self.limit:\n",
+        "        if False:\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-snippets-dropped",
+        "heke-serve's ?snippets= never reaches the decoder",
+        "serve/heke_serve/app.py",
+        "                scored = await state.service.score(video.path, video.name, count)\n",
+        "                scored = await state.service.score(video.path, video.name, None)\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-drain-none",
+        "SIGTERM stops at once: requests in flight are cut off",
+        "serve/heke_serve/cli.py",
+        "        if self.state.draining:\n",
+        "        if True:\n",
+        SERVE_TESTS,
     ),
 )
 

@@ -24,7 +24,7 @@ from heke_runtime.tolerances import SERVE_RECORD
 from tests.conftest import check_record
 from tests.servers import Server, metric, upload
 from tests.test_backends import tiny_engine
-from tests.videos import make_audio, make_video
+from tests.videos import corrupt_file, make_audio, make_video
 
 TOKEN = "s3cret-token"
 pytestmark = pytest.mark.timeout(300)
@@ -88,6 +88,8 @@ def client(server) -> Iterator[httpx.Client]:
 def assert_same_record(got: dict[str, Any], want: dict[str, Any], where: str = "") -> None:
     """Equal records but for elapsed time (and the path, which the caller checks)."""
     check_record(got)
+    # Warnings name the input as each side was given it (a path, or the uploaded file's name).
+    want = {**want, "warnings": [w.replace(want["path"], got["path"]) for w in want["warnings"]]}
     keys = set(got) | set(want)
     for key in keys - {"path", "elapsed_s"}:
         assert_same(got.get(key), want.get(key), f"{where}{key}")
@@ -162,6 +164,31 @@ def _shared_batches(text: str) -> float:
     return metric(text, "heke_batch_videos_count") - metric(
         text, "heke_batch_videos_bucket", ['le="1.0"']
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "clip"),
+    [(["--on-damage", "conceal"], "damaged.mp4"), (["--timeout", "1e-6"], "a.mp4")],
+    ids=["on-damage", "timeout"],
+)
+def test_decode_options_reach_the_decoder(engine, clips, tmp_path, option, clip):
+    """The record of a server started with a decode option is heke-run's with that option."""
+    path = clips / clip if clip == "damaged.mp4" else clips / "allowed" / clip
+    if clip == "damaged.mp4":
+        clean = make_video(tmp_path / "clean.mp4", frames=100)
+        path = corrupt_file(clean, tmp_path / clip, length=50)  # concealed: tests/test_damage.py
+    want = heke_run_records(engine, tmp_path, [path], *option, "--workers", "1")[clip]
+    server = Server(engine, *option, tmp=tmp_path / "tmp")
+    try:
+        with server.client() as c:
+            response = upload(c, path)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert response.status_code == (200 if want["status"] == "ok" else 422), response.text
+    got = response.json() if response.status_code == 200 else response.json()["record"]
+    assert_same_record(got, want)
+    changed = "concealed damage" in " ".join(want["warnings"]) or "--timeout" in want["error"]
+    assert changed  # the option made a difference heke-run's default would not
 
 
 # --------------------------------------------------------------------------- refusals
@@ -315,8 +342,9 @@ def test_a_full_queue_is_429_and_sigterm_drains_then_exits_0(engine, clips, expe
     server = Server(engine, "--max-queue", "1", "--decode-workers", "1", tmp=tmp_path / "tmp")
     gate = threading.Event()
     data = (clips / "allowed" / "a.mp4").read_bytes()
+    pool = ThreadPoolExecutor(1)
     try:
-        with server.client() as c, ThreadPoolExecutor(1) as pool:
+        with server.client() as c:
             slow = pool.submit(
                 c.post,
                 "/v1/score",
@@ -341,7 +369,8 @@ def test_a_full_queue_is_429_and_sigterm_drains_then_exits_0(engine, clips, expe
         assert "SIGTERM: finishing work in flight" in server.log()
         assert server.upload_folders() == []  # removed on the way out
     finally:
-        gate.set()
+        gate.set()  # first: a failed assert must not leave the slow upload waiting
+        pool.shutdown()
         server.stop(signal.SIGKILL)
 
 
