@@ -76,7 +76,9 @@ def server(engine, clips, tmp_path_factory) -> Iterator[Server]:
     ]  # fmt: skip
     running = Server(engine, *args, tmp=folder / "tmp")
     yield running
+    assert running.temp_files() == []  # after every test of the module, failed ones included
     assert running.stop() == 0, running.log()
+    assert running.upload_folders() == []
 
 
 @pytest.fixture
@@ -372,6 +374,34 @@ def test_a_full_queue_is_429_and_sigterm_drains_then_exits_0(engine, clips, expe
         gate.set()  # first: a failed assert must not leave the slow upload waiting
         pool.shutdown()
         server.stop(signal.SIGKILL)
+
+
+def test_a_stalled_upload_delays_no_other_request(server, clips, expected):
+    """A client that stops sending mid-upload holds its own slot, nothing else: another
+    video is scored meanwhile, and the stalled one still gets its record when it resumes."""
+    gate = threading.Event()
+    data = (clips / "b.mkv").read_bytes()
+    pool = ThreadPoolExecutor(1)
+    try:
+        with server.client(TOKEN) as c:
+            depth = metric(c.get("/metrics").text, "heke_queue_depth")
+            stalled = pool.submit(
+                c.post,
+                "/v1/score",
+                content=_multipart_chunks("b.mkv", data, gate),
+                headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+            )
+            _wait_for(lambda: metric(c.get("/metrics").text, "heke_queue_depth") == depth + 1)
+            other = upload(c, clips / "allowed" / "a.mp4")
+            assert other.status_code == 200 and not stalled.done()
+            assert_same_record(other.json(), expected["a.mp4"])
+            gate.set()
+            answer = stalled.result(timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert_same_record(answer.json(), expected["b.mkv"])
+    finally:
+        gate.set()
+        pool.shutdown()
 
 
 def _wait_for(condition, limit_s: float = 60) -> None:
