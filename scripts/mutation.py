@@ -59,6 +59,11 @@ TARGETS = (
     Target("run-cli", ("runtime/heke_runtime/cli.py",), ("tests/test_cli_run.py",)),
     Target("corpus-cli", ("corpus/heke_corpus/cli.py",), ("tests/test_corpus_cli.py",)),
     Target(
+        "serve",
+        ("serve/heke_serve/cli.py", "serve/heke_serve/service.py", "serve/heke_serve/uploads.py"),
+        ("tests/test_serve.py",),
+    ),
+    Target(
         "scorer",
         ("runtime/heke_runtime/scorer.py",),
         ("tests/test_scorer.py", "tests/test_scorer_records.py", "tests/test_cli_run.py"),
