@@ -272,6 +272,7 @@ def _bad_inputs(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
         "missing": (folder / "missing.mp4", "no such file"),
         "empty": (empty, "empty file"),
         "text renamed .mp4": (text, "not a video file FFmpeg can read"),
+        "text as .nfo": (_text_art(folder), "a text file, not a video"),
         "audio-only m4a": (videos.make_audio(folder / "song.m4a"), "no video stream"),
         "audio-only wav": (videos.make_audio(folder / "song.wav"), "no video stream"),
         "directory": (folder, "is a directory"),
@@ -281,6 +282,13 @@ def _bad_inputs(folder: Path, good: Path) -> dict[str, tuple[Path, str]]:
         "corrupt ts": (videos.corrupt_file(ts, folder / "bad.ts"), "damaged video data"),
         "raw without size": (_raw(folder), "needs its frame size"),
     }
+
+
+def _text_art(folder: Path) -> Path:
+    """A text file FFmpeg opens (its tty demuxer) as a "video" of drawn characters."""
+    path = folder / "readme.nfo"
+    path.write_text("this is a text file, not a video\n" * 20)
+    return path
 
 
 def _raw(folder: Path) -> Path:

@@ -444,7 +444,17 @@ def _open(path: Path) -> av.container.InputContainer:
         raise VideoDecodeError(f"{path}: cannot open: {reason_of(exc)}") from exc
 
 
+# FFmpeg's text-art demuxers draw a text file (.ans, .nfo, some .txt) as a "video" of
+# rendered characters; scoring that would give numbers for what is not a video.
+TEXT_ART_DEMUXERS = frozenset({"tty", "bin", "xbin", "idf", "adf"})
+
+
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    if container.format.name in TEXT_ART_DEMUXERS:
+        raise VideoDecodeError(
+            f"{path}: a text file, not a video (FFmpeg's {container.format.name} demuxer "
+            "would draw it as text art)"
+        )
     # Cover art in audio files is a one-picture "video" stream; it is not a video.
     streams = [s for s in container.streams.video if not _is_attached_picture(s)]
     if not streams:

@@ -203,19 +203,7 @@ def _add_probes(app: FastAPI, state: State) -> None:
             return error_response(503, "the server is shutting down")
         if not service.ready.is_set():
             return error_response(503, service.load_error or "the engine is still loading")
-        scorer = service.scorer
-        return JSONResponse(
-            {
-                "status": "ready",
-                "model": scorer.model,
-                "engine": str(scorer.engine_path),
-                "backend": scorer.backend_name,
-                "device": scorer.device,
-                "regressor": scorer.regressor.source if scorer.regressor else None,
-                "max_batch": service.limits.max_batch,
-                "version": heke_version(),
-            }
-        )
+        return JSONResponse({"status": "ready", **service.describe(), "version": heke_version()})
 
     @app.get("/metrics", summary="Prometheus metrics (heke_*)")
     async def metrics() -> Response:

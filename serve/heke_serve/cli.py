@@ -97,7 +97,12 @@ def serve(
     ] = 5.0,
     decode_workers: Annotated[
         int | None,
-        typer.Option(min=1, show_default=False, help="Decoding threads. Default: the cores."),
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Decoding threads. Default: the cores; with --ray, 1 per replica (each "
+            "replica reserves a CPU per thread).",
+        ),
     ] = None,
     max_queue: Annotated[
         int | None,
@@ -145,6 +150,27 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=0, help="ONNX Runtime threads (0 = all cores).")
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run as a Ray Serve application: one ingress and --replicas scoring "
+            "replicas (the serve-ray extra). --max-batch, --decode-workers and --max-queue "
+            "are then per replica.",
+        ),
+    ] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="With --ray: scoring replicas.")] = 2,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="With --ray: the Ray cluster to join. Default: RAY_ADDRESS, else a new local "
+            "Ray instance.",
+        ),
+    ] = None,
+    replica_gpus: Annotated[
+        float, typer.Option(min=0, help="With --ray: GPUs per scoring replica (0: CPU engines).")
+    ] = 0.0,
 ) -> None:
     """Serve POST /v1/score, /v1/jobs, a page at /, /healthz, /readyz, /metrics and /docs."""
     common.check_timeout(PROG, timeout)
@@ -154,6 +180,8 @@ def serve(
         common.usage_error(PROG, f"--hdr must be 'tonemap' or 'as-is', got {hdr!r}")
     if not engine.exists():
         common.usage_error(PROG, f"--engine {engine}: no such file")
+    if ray:
+        _check_ray_serve()
     options = ServeOptions(
         max_upload_mb=max_upload_mb,
         token=_read_token(token_file),
@@ -161,7 +189,7 @@ def serve(
         max_jobs=max_jobs,
         job_ttl_s=job_ttl,
     )
-    workers = decode_workers or default_workers()
+    workers = decode_workers or (1 if ray else default_workers())
     try:
         scorer = Scorer(
             engine,
@@ -181,8 +209,40 @@ def serve(
         max_queue=max_queue or 4 * workers,
         timeout_s=timeout,
     )
+    if ray:
+        from heke_serve import ray_serve  # Ray loads for --ray only
+
+        # Absolute: replicas on other nodes open the same paths from their own folders.
+        settings = ray_serve.ScorerSettings(
+            str(engine.resolve()),
+            limits,
+            str(regressor.resolve()) if regressor else None,
+            backend,
+            threads,
+            cast("OnDamage", on_damage),
+            cast("HdrMode", hdr),
+        )
+        placement = ray_serve.RayOptions(replicas, ray_address, replica_gpus)
+        with common.user_errors(PROG):
+            ray_serve.serve_until_stopped(
+                settings, options, placement, (host, port), drain_timeout, _say
+            )
+        return
     service = ScoringService(scorer, limits, Metrics())
     _run_server(create_app(service, options), host, port, drain_timeout)
+
+
+def _check_ray_serve() -> None:
+    from heke_serve.ray_serve import RayServeMissingError, require_ray_serve
+
+    try:
+        require_ray_serve()
+    except RayServeMissingError as exc:
+        common.usage_error(PROG, str(exc))
+
+
+def _say(line: str) -> None:
+    typer.echo(f"{PROG}: {line}", err=True)
 
 
 def _run_server(api: FastAPI, host: str, port: int, drain_s: float) -> None:

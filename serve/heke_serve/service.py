@@ -81,13 +81,30 @@ class ScoringService:
         except Exception as exc:
             self.load_error = error_reason(exc)
             raise
-        self.batcher = DynamicBatcher(
+        self.batcher = self._new_batcher()
+        self.ready.set()
+
+    def _new_batcher(self) -> DynamicBatcher | None:
+        """The batcher :meth:`infer` feeds (a Ray Serve replica batches with Ray's instead:
+        :mod:`heke_serve.ray_serve`)."""
+        return DynamicBatcher(
             self.scorer.backend.infer,
             self.limits.max_batch,
             self.limits.batch_delay_s,
             self.metrics.observe_batch,
         )
-        self.ready.set()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/readyz`` says about the engine once it is ready."""
+        scorer = self.scorer
+        return {
+            "model": scorer.model,
+            "engine": str(scorer.engine_path),
+            "backend": scorer.backend_name,
+            "device": scorer.device,
+            "regressor": scorer.regressor.source if scorer.regressor else None,
+            "max_batch": self.limits.max_batch,
+        }
 
     def close(self) -> None:
         self.ready.clear()
@@ -132,14 +149,18 @@ class ScoringService:
             self.metrics.decode_failures.inc()
             return self._failed(str(path), name, exc, start, 422)
         decoded = _renamed(decoded, str(path), name)
-        assert self.batcher is not None  # admission() let the request in: the engine is up
         try:
-            outputs = await asyncio.wrap_future(self.batcher.submit(decoded.inputs))
+            outputs = await self.infer(decoded.inputs)
             result = self.scorer.result(decoded, outputs, start)
         except Exception as exc:  # the engine's fault, not the input's
             return self._failed(str(path), name, exc, start, 500)
         self.metrics.videos_scored.inc()
         return Scored(200, result.to_dict())
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The engine's ``heads`` and ``features`` for every snippet of one video."""
+        assert self.batcher is not None  # admission() let the request in: the engine is up
+        return await asyncio.wrap_future(self.batcher.submit(inputs))
 
     def _decode(self, path: Path, num_snippets: int | None) -> DecodedVideo:
         limit = self.limits.timeout_s

@@ -174,11 +174,12 @@ function showWarnings(warnings) {
 
 const BOX = { width: 640, height: 280, left: 48, right: 12, top: 14, bottom: 34 };
 
-function svg(name, attrs = {}, parent = null) {
+function svg(name, attrs, parent, text = null) {
   // The chart's own namespace, so that no URL (even a namespace name) appears in the page.
   const node = document.createElementNS(els.timeline.namespaceURI, name);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  if (parent) parent.append(node);
+  if (text !== null) node.textContent = text;
+  parent.append(node);
   return node;
 }
 
@@ -193,10 +194,8 @@ function ticks(lo, hi, count) {
   return out;
 }
 
-function drawTimeline() {
-  const snippets = record.snippets ?? [];
-  const choice = els.head.value;
-  const heads = choice === "all" ? HEADS.filter((h) => h in record.scores) : [choice];
+// Time (s) to x and score to y in the chart's viewBox; the score axis always shows 0.
+function scales(snippets, heads) {
   const values = snippets.flatMap((s) => heads.map((h) => snippetScores(s)[h]))
     .filter((v) => typeof v === "number");
   let lo = Math.min(0, ...values);
@@ -206,55 +205,81 @@ function drawTimeline() {
   [lo, hi] = [lo < 0 ? lo - pad : lo, hi + pad];
   const end = record.video?.duration_s || Math.max(1, ...snippets.map((s) => s.end_s));
   const { width, height, left, right, top, bottom } = BOX;
-  const x = (t) => left + (t / end) * (width - left - right);
-  const y = (v) => top + ((hi - v) / (hi - lo)) * (height - top - bottom);
+  return {
+    lo, hi, end,
+    x: (t) => left + (t / end) * (width - left - right),
+    y: (v) => top + ((hi - v) / (hi - lo)) * (height - top - bottom),
+  };
+}
 
-  const root = els.timeline;
-  root.replaceChildren();
+function drawAxes(root, { lo, hi, end, x, y }, heads) {
+  const { width, height, left, right, top, bottom } = BOX;
   const axes = svg("g", { class: "axes", "aria-hidden": "true" }, root);
   for (const v of ticks(lo, hi, 4)) {
-    svg("line", { x1: left, x2: width - right, y1: y(v), y2: y(v), class: v === 0 ? "zero" : "grid" }, axes);
-    svg("text", { x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, axes).textContent = String(v);
+    const line = { x1: left, x2: width - right, y1: y(v), y2: y(v) };
+    svg("line", { ...line, class: v === 0 ? "zero" : "grid" }, axes);
+    svg("text", { x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, axes, v);
   }
   for (const t of ticks(0, end, 8)) {
-    svg("text", { x: x(t), y: height - bottom + 16, class: "tick", "text-anchor": "middle" }, axes).textContent = String(t);
+    const at = { x: x(t), y: height - bottom + 16, "text-anchor": "middle" };
+    svg("text", { ...at, class: "tick" }, axes, t);
   }
-  svg("text", { x: width - right, y: height - 4, class: "axis-label", "text-anchor": "end" }, axes)
-    .textContent = "time (s)";
-  svg("text", { x: left, y: top - 4, class: "axis-label" }, axes)
-    .textContent = `${heads.length === 1 ? LABELS[heads[0]] : "score"} (higher = more distorted)`;
+  const name = heads.length === 1 ? LABELS[heads[0]] : "score";
+  svg("text", { x: width - right, y: height - 4, class: "axis-label", "text-anchor": "end" },
+    axes, "time (s)");
+  svg("text", { x: left, y: top - 4, class: "axis-label" }, axes,
+    `${name} (higher = more distorted)`);
+}
 
+// One snippet: a group (the click and keyboard target) holding a full-height hit area and
+// either a bar (one score shown) or a dot per score.
+function drawSnippet(root, s, i, heads, { x, y }) {
+  const scores = snippetScores(s);
+  const x0 = x(s.start_s);
+  const w = Math.max(x(s.end_s) - x0, 6);
+  const span = `${s.start_s.toFixed(2)}–${s.end_s.toFixed(2)} s`;
+  const what = heads.map((h) => `${LABELS[h]} ${fmt(scores[h])}`);
+  const g = svg("g", {
+    class: "snippet", tabindex: "0", role: "button",
+    "data-snippet-index": s.index ?? i, "data-start": s.start_s,
+    "aria-label": `Snippet ${i + 1}, ${span}: ${what.join(", ")}`,
+  }, root);
+  const frames = `frames ${s.first_frame}–${s.last_frame}`;
+  svg("title", {}, g, [`Snippet ${i + 1} (${span}, ${frames})`, ...what].join("\n"));
+  const { top, bottom, height } = BOX;
+  svg("rect", { class: "hit", x: x0 - 3, width: w + 6, y: top, height: height - top - bottom }, g);
+  if (heads.length === 1) {
+    const v = scores[heads[0]];
+    svg("rect", {
+      class: `bar head-${heads[0]}`, x: x0, width: w,
+      y: Math.min(y(v), y(0)), height: Math.max(Math.abs(y(v) - y(0)), 1),
+    }, g);
+    return;
+  }
+  for (const h of heads) {
+    svg("circle", { class: `dot head-${h}`, cx: x0 + w / 2, cy: y(scores[h]), r: 4 }, g);
+  }
+}
+
+function drawTimeline() {
+  const snippets = record.snippets ?? [];
+  const choice = els.head.value;
+  const heads = choice === "all" ? HEADS.filter((h) => h in record.scores) : [choice];
+  const scale = scales(snippets, heads);
+  const root = els.timeline;
+  root.replaceChildren();
+  drawAxes(root, scale, heads);
   if (heads.length > 1) { // lines first, so the snippets' marks and click areas sit above
     for (const h of heads) {
-      const points = snippets.map((s) => `${x((s.start_s + s.end_s) / 2)},${y(snippetScores(s)[h])}`);
-      svg("polyline", { points: points.join(" "), class: `trend head-${h}`, "aria-hidden": "true" }, root);
+      const mid = (s) => `${scale.x((s.start_s + s.end_s) / 2)},${scale.y(snippetScores(s)[h])}`;
+      const points = snippets.map(mid).join(" ");
+      svg("polyline", { points, class: `trend head-${h}`, "aria-hidden": "true" }, root);
     }
   }
-  snippets.forEach((s, i) => {
-    const scores = snippetScores(s);
-    const x0 = x(s.start_s);
-    const w = Math.max(x(s.end_s) - x0, 6);
-    const what = heads.map((h) => `${LABELS[h]} ${fmt(scores[h])}`).join(", ");
-    const g = svg("g", {
-      class: "snippet", tabindex: "0", role: "button",
-      "data-snippet-index": s.index ?? i, "data-start": s.start_s,
-      "aria-label": `Snippet ${i + 1}, ${s.start_s.toFixed(2)} to ${s.end_s.toFixed(2)} s: ${what}`,
-    }, root);
-    svg("title", {}, g).textContent = `Snippet ${i + 1} (${s.start_s.toFixed(2)}–${s.end_s.toFixed(2)} s, frames ${s.first_frame}–${s.last_frame})\n${what.replaceAll(", ", "\n")}`;
-    svg("rect", { class: "hit", x: x0 - 3, width: w + 6, y: top, height: height - top - bottom }, g);
-    if (heads.length === 1) {
-      const v = scores[heads[0]];
-      svg("rect", {
-        class: `bar head-${heads[0]}`, x: x0, width: w,
-        y: Math.min(y(v), y(0)), height: Math.max(Math.abs(y(v) - y(0)), 1),
-      }, g);
-    } else {
-      for (const h of heads) {
-        svg("circle", { class: `dot head-${h}`, cx: x0 + w / 2, cy: y(scores[h]), r: 4 }, g);
-      }
-    }
-  });
-  svg("line", { id: "playhead", class: "playhead", y1: top, y2: height - bottom, x1: -10, x2: -10 }, root);
+  snippets.forEach((s, i) => drawSnippet(root, s, i, heads, scale));
+  const { top, bottom, height } = BOX;
+  svg("line", { id: "playhead", class: "playhead", y1: top, y2: height - bottom, x1: -10, x2: -10 },
+    root);
   drawLegend(heads);
   highlight(current);
   movePlayhead();
@@ -375,6 +400,12 @@ els.timeline.addEventListener("keydown", (event) => {
 for (const name of ["timeupdate", "seeked", "loadedmetadata"]) {
   els.player.addEventListener(name, followPlayer);
 }
+
+els.player.addEventListener("error", () => {
+  if (!playerUrl) return; // no file chosen: nothing failed
+  const name = els.file.files[0]?.name ?? "this file";
+  els.caption.textContent = `This browser cannot play ${name}; its scores are unaffected.`;
+});
 
 window.addEventListener("hashchange", openFromHash);
 

@@ -1,0 +1,261 @@
+"""``heke-serve --ray`` on a real multi-node Ray cluster in this machine (Ray's ``Cluster``: a
+head with no CPUs and two one-CPU worker nodes, one scoring replica on each), called over
+HTTP through Serve's proxy: records equal heke-run's, requests spread over the replicas, and
+a replica killed while jobs are in flight loses none of them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="needs Ray Serve (pip install heke[serve-ray])")
+serve = pytest.importorskip("ray.serve", reason="needs Ray Serve (pip install heke[serve-ray])")
+httpx = pytest.importorskip("httpx")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from heke_runtime.cli import main as heke_run  # noqa: E402
+from heke_runtime.results import read_records  # noqa: E402
+from heke_serve import ray_serve  # noqa: E402
+from heke_serve.app import ServeOptions  # noqa: E402
+from heke_serve.cli import main as heke_serve  # noqa: E402
+from heke_serve.service import ServiceLimits  # noqa: E402
+from tests.test_backends import random_regressor, tiny_engine  # noqa: E402
+from tests.test_corpus_cluster import assert_no_children_left  # noqa: E402
+from tests.videos import make_video  # noqa: E402
+
+WORKERS = 2  # nodes, one scoring replica each
+SCORE_TOLERANCE = 1e-6  # the same engine on the same tensors: only float printing differs
+WAIT_S = 180.0  # bound on every wait for the cluster (2-core CI machine)
+SIZES = [(64, 48), (96, 54), (48, 32)]  # two or more input shapes share the replicas
+LIMITS = ServiceLimits(max_batch=2, batch_delay_s=0.005, decode_workers=1, max_queue=8)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def engine() -> Path:
+    return tiny_engine("r2p1d_HEKE_4").resolve()
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory) -> Path:
+    return random_regressor(tmp_path_factory.mktemp("regressor") / "reg.npz").resolve()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[Path]:
+    """Six small videos of three sizes, and a file that is no video."""
+    folder = tmp_path_factory.mktemp("videos")
+    made = [
+        make_video(folder / f"v{i}.mp4", size=SIZES[i % len(SIZES)], frames=30) for i in range(6)
+    ]
+    junk = folder / "junk.mp4"
+    junk.write_bytes(b"not a video" * 300)
+    return [*made, junk]
+
+
+@pytest.fixture(scope="module")
+def reference(engine, regressor, videos, tmp_path_factory) -> dict[str, dict]:
+    """heke-run's records, by file name, with the replicas' engine threads (ONNX Runtime's
+    float sums depend on them)."""
+    out = tmp_path_factory.mktemp("reference") / "out.jsonl"
+    argv = [*map(str, videos), "-e", str(engine), "--regressor", str(regressor)]
+    assert heke_run([*argv, "--threads", "1", "-o", str(out)]) == 1  # 1: junk.mp4 failed
+    return {Path(r["path"]).name: r for r in read_records(out)}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Node and actor death are noticed in ~1.5 s instead of Ray's default 15 s.
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    local = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": health},
+    )
+    try:
+        for _ in range(WORKERS):
+            local.add_node(num_cpus=1)
+        local.wait_for_nodes()
+        ray.init(address=local.address, logging_level="WARNING")
+        yield local
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        local.shutdown()
+        assert_no_children_left()
+
+
+@pytest.fixture(scope="module")
+def base_url(cluster, engine, regressor) -> str:
+    """The application on the cluster, ready, and the address of Serve's HTTP proxy."""
+    settings = ray_serve.ScorerSettings(str(engine), LIMITS, str(regressor), threads=1)
+    port = ray_serve.free_port("127.0.0.1")
+    ray_serve.deploy(
+        settings, ServeOptions(), ray_serve.RayOptions(replicas=WORKERS), "127.0.0.1", port
+    )
+    url = f"http://127.0.0.1:{port}"
+    until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, "never ready")
+    return url
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def until(condition, message: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def assert_same_record(got: dict, want: dict, name: str) -> None:
+    """Equal records but the path (the client's file name) and timing, scores within
+    SCORE_TOLERANCE."""
+    assert got["path"] == name
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key in ("path", "elapsed_s"):
+            continue
+        if key in ("scores", "spread"):
+            assert got[key] == pytest.approx(value, abs=SCORE_TOLERANCE), key
+        elif key == "snippets":
+            assert len(got[key]) == len(value)
+            for mine, theirs in zip(got[key], value):
+                assert mine == pytest.approx(theirs, abs=SCORE_TOLERANCE)
+        elif key == "error" and value is not None:  # heke-run's names its input's path
+            assert got[key] == value.replace(want["path"], name)
+        else:
+            assert got[key] == value, key
+
+
+def post(client: httpx.Client, route: str, video: Path) -> httpx.Response:
+    return client.post(route, files={"video": (video.name, video.read_bytes())})
+
+
+def readyz(url: str) -> dict:
+    answer = httpx.get(f"{url}/readyz", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def scorer_replicas() -> list[str]:
+    """Names of the scoring replicas' actors now alive (Serve names every replica actor)."""
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if ray_serve.SCORER in actor["name"] and actor["namespace"] == "serve"
+    ]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.slow
+def test_records_equal_heke_runs_and_spread_over_replicas(base_url, videos, reference):
+    with httpx.Client(base_url=base_url, timeout=WAIT_S) as client, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda v: post(client, "/v1/score", v), videos * 2))
+    for video, answer in zip(videos * 2, answers):
+        want = reference[video.name]
+        if want["status"] == "ok":
+            assert answer.status_code == 200, answer.text
+            assert_same_record(answer.json(), want, video.name)
+        else:  # heke-serve's refusal of a file that is no video, with heke-run's record
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["error"].startswith(f"{video.name}: ")
+            assert_same_record(answer.json()["record"], want, video.name)
+    ready = readyz(base_url)
+    by_replica = ready["videos_by_replica"]
+    assert sum(by_replica.values()) == len(answers)
+    assert len(by_replica) == WORKERS, by_replica  # every replica scored some
+    assert len({key.split("@")[1] for key in by_replica}) == WORKERS  # on different nodes
+    assert ready["retried"] == 0 and ready["replicas"] == WORKERS
+    assert ready["engine"] == str(reference["v0.mp4"]["engine"]["path"])
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_run_loses_no_accepted_job(base_url, videos, reference):
+    good = [v for v in videos if reference[v.name]["status"] == "ok"]
+    inputs = good * 2  # 12 jobs: both replicas hold several when one is killed
+    retried_before = readyz(base_url)["retried"]
+    with httpx.Client(base_url=base_url, timeout=WAIT_S) as client:
+        accepted = []
+        for video in inputs:
+            answer = post(client, "/v1/jobs", video)
+            assert answer.status_code == 202, answer.text
+            accepted.append((answer.json()["id"], video))
+
+        def statuses() -> list[str]:
+            return [client.get(f"/v1/jobs/{job}").json()["status"] for job, _ in accepted]
+
+        # The replicas are at work (a first job came back), then one of them dies.
+        until(lambda: "done" in statuses(), "no job finished")
+        victims = scorer_replicas()
+        assert len(victims) == WORKERS
+        ray.kill(ray.get_actor(victims[0], namespace="serve"))
+        left_at_kill = sum(s not in ("done", "failed") for s in statuses())
+        assert left_at_kill > 0, "every job had finished before the kill"
+
+        until(lambda: all(s in ("done", "failed") for s in statuses()), "jobs stuck")
+        # One replica died: every video it held went to the other, so all are scored (a
+        # second loss would fail a job with its reason and 503, never drop it).
+        for job, video in accepted:
+            view = client.get(f"/v1/jobs/{job}").json()
+            assert view["status"] == "done", view
+            assert_same_record(view["record"], reference[video.name], video.name)
+    ready = readyz(base_url)
+    assert ready["retried"] > retried_before  # the kill hit videos in flight: sent again
+    assert victims[0] not in scorer_replicas()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # a command that never says it listens ends the test
+def test_the_cli_serves_on_a_cluster_and_drains_on_sigterm(cluster, base_url, engine, videos):
+    # Last: the command removes the application when it stops. Serve keeps its proxy's port,
+    # so the command is given the same one.
+    serve.delete(ray_serve.APP_NAME)
+    port = base_url.rsplit(":", 1)[1]
+    command = [
+        sys.executable, "-m", "heke_serve.cli", "-e", str(engine), "--ray", "--replicas", "1",
+        "--ray-address", cluster.address, "--port", port,
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        lines = iter(server.stderr.readline, "")  # Ray's own log lines come too
+        line = next((x for x in lines if x.startswith("heke-serve: listening")), "")
+        assert f"on http://127.0.0.1:{port} " in line and "1 scoring replicas" in line, line
+        with httpx.Client(base_url=base_url, timeout=WAIT_S) as client:
+            assert client.get("/readyz").json()["replicas"] == 1
+            assert post(client, "/v1/score", videos[0]).status_code == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(WAIT_S) == 0
+        assert "SIGTERM: finishing work in flight" in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert ray_serve.APP_NAME not in serve.status().applications
+
+
+def test_ray_without_ray_serve_names_the_extra(monkeypatch, capsys, tmp_path):
+    engine = tmp_path / "model.onnx"
+    engine.write_bytes(b"")
+
+    def missing():
+        raise ray_serve.RayServeMissingError(
+            f"--ray needs Ray Serve (No module named 'ray'); install it with "
+            f"{ray_serve.SERVE_RAY_EXTRA}"
+        )
+
+    monkeypatch.setattr(ray_serve, "require_ray_serve", missing)
+    assert heke_serve(["-e", str(engine), "--ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'heke[serve-ray]'" in err
