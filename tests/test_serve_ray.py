@@ -183,8 +183,13 @@ def test_records_equal_heke_runs_and_spread_over_replicas(base_url, videos, refe
 @pytest.mark.slow
 def test_a_replica_killed_mid_run_loses_no_accepted_job(base_url, videos, reference):
     good = [v for v in videos if reference[v.name]["status"] == "ok"]
-    inputs = good * 2  # 12 jobs: both replicas hold several when one is killed
+    # As many jobs as the ingress admits (--max-queue per replica, times the replicas): both
+    # replicas hold several when one is killed.
+    inputs = (good * 4)[: readyz(base_url)["max_queue"]]
     retried_before = readyz(base_url)["retried"]
+    victims = scorer_replicas()  # now: Ray's state API takes a while, the jobs do not wait
+    assert len(victims) == WORKERS
+    victim = ray.get_actor(victims[0], namespace="serve")
     with httpx.Client(base_url=base_url, timeout=WAIT_S) as client:
         accepted = []
         for video in inputs:
@@ -197,9 +202,7 @@ def test_a_replica_killed_mid_run_loses_no_accepted_job(base_url, videos, refere
 
         # The replicas are at work (a first job came back), then one of them dies.
         until(lambda: "done" in statuses(), "no job finished")
-        victims = scorer_replicas()
-        assert len(victims) == WORKERS
-        ray.kill(ray.get_actor(victims[0], namespace="serve"))
+        ray.kill(victim)
         left_at_kill = sum(s not in ("done", "failed") for s in statuses())
         assert left_at_kill > 0, "every job had finished before the kill"
 

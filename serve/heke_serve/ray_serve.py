@@ -303,6 +303,7 @@ class RayScoringService(ScoringService):
     def describe(self) -> dict[str, Any]:
         return {
             **self.about,
+            "max_queue": self.limits.max_queue,  # the ingress's: every replica's together
             "replicas": self.replicas,
             "videos_by_replica": dict(self.by_replica),
             "retried": self.retried,

@@ -104,6 +104,7 @@ class ScoringService:
             "device": scorer.device,
             "regressor": scorer.regressor.source if scorer.regressor else None,
             "max_batch": self.limits.max_batch,
+            "max_queue": self.limits.max_queue,  # videos in progress before a 429
         }
 
     def close(self) -> None:
