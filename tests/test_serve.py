@@ -184,6 +184,7 @@ def test_decode_options_reach_the_decoder(engine, clips, tmp_path, option, clip)
     try:
         with server.client() as c:
             response = upload(c, path)
+            ready = c.get("/readyz").json()
     finally:
         assert server.stop() == 0, server.log()
     assert response.status_code == (200 if want["status"] == "ok" else 422), response.text
@@ -191,6 +192,14 @@ def test_decode_options_reach_the_decoder(engine, clips, tmp_path, option, clip)
     assert_same_record(got, want)
     changed = "concealed damage" in " ".join(want["warnings"]) or "--timeout" in want["error"]
     assert changed  # the option made a difference heke-run's default would not
+    # The defaults: a decoding thread per core, 4 videos in progress per thread, the
+    # backend's batch (1 on CPU).
+    cores = len(os.sched_getaffinity(0))
+    assert (ready["decode_workers"], ready["max_queue"], ready["max_batch"]) == (
+        cores,
+        4 * cores,
+        1,
+    )
 
 
 # --------------------------------------------------------------------------- refusals
@@ -219,6 +228,13 @@ def test_missing_field_bad_query_and_bad_json_are_422(client, clips):
         "snippets must be 10 or 12, got 11",
     )
     assert upload(client, clips / "allowed" / "a.mp4", snippets="ten").status_code == 422
+    twelve = upload(client, clips / "allowed" / "a.mp4", snippets=12)
+    assert twelve.status_code == 200 and len(twelve.json()["snippets"]) == 12
+    plain = client.post("/v1/score", content=b"a.mp4", headers={"content-type": "text/plain"})
+    assert (plain.status_code, plain.json()["error"]) == (
+        422,
+        "expected a multipart upload with a 'video' field",
+    )
     bad = client.post("/v1/score", content=b"{", headers={"content-type": "application/json"})
     assert bad.status_code == 422 and "JSON body does not parse" in bad.json()["error"]
     assert client.post("/v1/score", json={"file": "a.mp4"}).status_code == 422
@@ -235,6 +251,14 @@ def test_an_upload_over_the_limit_is_413_declared_or_streamed(client, clips):
         headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
     assert streamed.status_code == 413
+    limit = 2**19  # --max-upload-mb 0.5: a file of exactly that many bytes is taken
+    for size, status in ((limit, 422), (limit + 1, 413)):
+        exact = client.post(
+            "/v1/score",
+            content=_multipart_chunks("noise.mp4", data[:size], threading.Event(), wait=False),
+            headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert exact.status_code == status, (size, exact.text)
 
 
 def test_a_missing_or_wrong_token_is_401_and_probes_need_none(server, clips):

@@ -236,7 +236,8 @@ def test_the_cli_serves_on_a_cluster_and_drains_on_sigterm(cluster, base_url, en
         line = next((x for x in lines if x.startswith("heke-serve: listening")), "")
         assert f"on http://127.0.0.1:{port} " in line and "1 scoring replicas" in line, line
         with httpx.Client(base_url=base_url, timeout=WAIT_S) as client:
-            assert client.get("/readyz").json()["replicas"] == 1
+            ready = client.get("/readyz").json()
+            assert ready["replicas"] == 1 and ready["decode_workers"] == 1  # --ray's default
             assert post(client, "/v1/score", videos[0]).status_code == 200
         server.send_signal(signal.SIGTERM)
         assert server.wait(WAIT_S) == 0

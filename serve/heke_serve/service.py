@@ -105,6 +105,7 @@ class ScoringService:
             "regressor": scorer.regressor.source if scorer.regressor else None,
             "max_batch": self.limits.max_batch,
             "max_queue": self.limits.max_queue,  # videos in progress before a 429
+            "decode_workers": self.limits.decode_workers,
         }
 
     def close(self) -> None:

@@ -1,0 +1,65 @@
+"""``heke-serve``'s command line without a server: usage errors (exit 2, one line naming the
+option) and the defaults its help promises (the README's Serving section)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from heke_serve.cli import main
+from tests.test_backends import tiny_engine
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    return str(tiny_engine("r2p1d_HEKE_4"))
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    cases = [
+        (["-e", tmp_path / "missing.onnx"], "--engine"),
+        (["-e", engine, "--timeout", "0"], "--timeout 0: expected seconds, more than 0"),
+        (["-e", engine, "--on-damage", "skip"], "--on-damage must be 'fail' or 'conceal'"),
+        (["-e", engine, "--hdr", "pq"], "--hdr must be 'tonemap' or 'as-is'"),
+        (["-e", engine, "--token-file", empty], "the file is empty"),
+        (["-e", engine, "--token-file", tmp_path / "nope"], "--token-file"),
+        (["-e", engine, "--allow-path", empty], "not a folder"),
+        (["-e", engine, "--port", "70000"], "--port"),
+        (["-e", engine, "--batch-delay-ms", "-1"], "--batch-delay-ms"),
+        (["-e", engine, "--max-batch", "0"], "--max-batch"),
+        (["-e", engine, "--replicas", "0"], "--replicas"),
+    ]
+    for args, message in cases:
+        code, _, err = run(capsys, *args)
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+
+
+def test_help_states_the_defaults(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    text = re.sub(r"\s+", " ", out)
+    for option, default in [
+        ("--host", "127.0.0.1"),  # loopback unless the user says otherwise
+        ("--port", "8000"),
+        ("--batch-delay-ms", "5.0"),
+        ("--max-upload-mb", "2048.0"),
+        ("--timeout", "600.0"),
+        ("--max-jobs", "1000"),
+        ("--job-ttl", "3600.0"),
+        ("--drain-timeout", "60.0"),
+        ("--replicas", "2"),
+        ("--on-damage", "fail"),
+        ("--hdr", "tonemap"),
+    ]:
+        found = re.search(re.escape(option) + r" .*?\[default: ([^;\]]+)", text)
+        assert found and found.group(1).strip() == default, (option, found and found.group(1))
