@@ -30,6 +30,7 @@ from heke_corpus.pipeline import MAX_ABANDONED  # noqa: E402
 from heke_corpus.run import CorpusOptions, CorpusUsageError, read_manifest, run_corpus  # noqa: E402
 from heke_runtime.pipeline import timeout_reason  # noqa: E402
 from heke_runtime.scorer import Scorer  # noqa: E402
+from tests.clusters import descendants, local_cluster, processes  # noqa: E402
 from tests.test_backends import random_regressor, tiny_engine  # noqa: E402
 from tests.videos import corrupt_file, make_audio, make_video, truncate_file  # noqa: E402
 
@@ -99,60 +100,11 @@ def reference(engine, regressor, corpus) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
-    # Node death is noticed in ~1.5 s instead of Ray's default 15 s.
-    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
-    local = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": health},
-    )
-    try:
-        for _ in range(WORKERS):
-            local.add_node(num_cpus=1)
-        local.wait_for_nodes()
-        ray.init(address=local.address, logging_level="WARNING")
+    with local_cluster(WORKERS) as local:
         yield local
-    finally:
-        ray.shutdown()
-        local.shutdown()
-        assert_no_children_left()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process we may read (Linux /proc)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        table[int(entry)] = (parent, command.decode(errors="replace"))
-    return table
-
-
-def descendants(pid: int, table: dict[int, tuple[int, str]]) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        pid = todo.pop()
-        children = [p for p, (parent, _) in table.items() if parent == pid]
-        found += children
-        todo += children
-    return found
-
-
-def assert_no_children_left(wait_s: float = 20.0) -> None:
-    """Ray's processes, started by this test process, are all gone after shutdown."""
-    deadline = time.monotonic() + wait_s
-    while descendants(os.getpid(), processes()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = descendants(os.getpid(), processes())
-    assert not left, f"processes left after Ray shut down: {left}"
 
 
 def engine_actors(local: Cluster) -> list[tuple[object, int]]:

@@ -38,17 +38,15 @@ import onnx
 import onnxruntime
 from onnxruntime import quantization as ortq
 
-from heke_export.errors import ExportError, IncompatibleGraphError
+from heke_export.errors import ExportError
 from heke_export.onnx_export import (
     artifact_name,
-    check_graph,
-    io_spec,
+    finish_graph,
     onnx_model_from_weights,
     onnx_sidecar,
     prepare_output_folder,
     write_artifact,
 )
-from heke_export.trt_check import check_tensorrt_compat
 from heke_ref.checkpoint import Weights
 from heke_ref.samples import sample_clip
 from heke_runtime.errors import HekeError
@@ -347,14 +345,7 @@ def int8_model(
         f"({calibration.method})"
     )
     proto = quantize_graph(fp32, feeds, calibration, keep)
-    proto.producer_name, proto.producer_version = "heke-export", "0.1.0"
-    proto.doc_string = f"{weights.describe()}; precision int8 ({calibration.method})"
-    label = f"{weights.model} int8"
-    check_graph(proto, label)
-    compat = check_tensorrt_compat(proto, io=io_spec(weights.model, tiny=weights.tiny))
-    if not compat:
-        count = len(compat.findings)
-        raise IncompatibleGraphError(f"{label}: {compat.findings[0]} ({count} problems)")
+    finish_graph(proto, weights, f"int8 ({calibration.method})")
     return proto, quantization_record(calibration, fp32_sha256, keep)
 
 
