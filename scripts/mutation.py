@@ -61,7 +61,7 @@ TARGETS = (
     Target(
         "serve",
         ("serve/heke_serve/cli.py", "serve/heke_serve/service.py", "serve/heke_serve/uploads.py"),
-        ("tests/test_serve.py",),
+        ("tests/test_serve_cli.py", "tests/test_serve.py"),
     ),
     Target(
         "scorer",
@@ -120,7 +120,8 @@ def recheck(target: Target, folder: Path) -> None:
     changed = [m for m in target.modules if (REPO / m).read_bytes() != (pristine / m).read_bytes()]
     if changed:
         raise SystemExit(f"mutation: {', '.join(changed)} changed since the session: --fresh")
-    copy_tree(folder)
+    repo = copy_tree(folder)
+    (repo / "cosmic-ray.toml").write_text(config_text(target))  # today's tests of the target
     with sqlite3.connect(folder / "session.sqlite") as db:
         db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
 

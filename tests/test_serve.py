@@ -230,6 +230,12 @@ def test_missing_field_bad_query_and_bad_json_are_422(client, clips):
     assert upload(client, clips / "allowed" / "a.mp4", snippets="ten").status_code == 422
     twelve = upload(client, clips / "allowed" / "a.mp4", snippets=12)
     assert twelve.status_code == 200 and len(twelve.json()["snippets"]) == 12
+    broken = client.post(  # a part header that never ends
+        "/v1/score",
+        content=b"--B\r\n" + b"X" * 10000,
+        headers={"content-type": "multipart/form-data; boundary=B"},
+    )
+    assert broken.status_code == 422 and broken.json()["error"].startswith("malformed multipart")
     plain = client.post("/v1/score", content=b"a.mp4", headers={"content-type": "text/plain"})
     assert (plain.status_code, plain.json()["error"]) == (
         422,
