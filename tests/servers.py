@@ -18,8 +18,11 @@ READY_S = 60  # import, engine load and warm-up on a busy 2-core CI machine
 
 
 class Server:
-    def __init__(self, engine: str | Path, *args: str | Path, tmp: Path) -> None:
-        """``heke-serve -e engine --port 0 *args``, with its temporary files under ``tmp``."""
+    def __init__(
+        self, engine: str | Path, *args: str | Path, tmp: Path, ready: bool = True
+    ) -> None:
+        """``heke-serve -e engine --port 0 *args``, with its temporary files under ``tmp``;
+        waited for until ``/readyz`` answers 200 unless ``ready`` is False."""
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "heke_serve.cli", "-e", str(engine), "--port", "0"]
@@ -39,7 +42,8 @@ class Server:
             line.split("http://")[1].split()[0] for line in self.lines if "listening on" in line
         )
         self.url = "http://" + self.url
-        self.wait_ready()
+        if ready:
+            self.wait_ready()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None

@@ -4,6 +4,8 @@ backpressure (429), metrics, SIGTERM draining, and no upload left behind."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import signal
@@ -200,6 +202,30 @@ def test_decode_options_reach_the_decoder(engine, clips, tmp_path, option, clip)
         4 * cores,
         1,
     )
+
+
+def test_an_engine_that_does_not_load_keeps_the_server_up_saying_why(engine, clips, tmp_path):
+    """The sidecar matches, but ONNX Runtime cannot load the graph (here: cut short): the
+    process stays alive, /readyz and /v1/score answer 503 with the reason, nothing crashes."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(engine.read_bytes()[:5000])
+    sidecar = json.loads(Path(f"{engine}.json").read_text())
+    digest = hashlib.sha256(broken.read_bytes()).hexdigest()
+    sidecar |= {"artifact_sha256": digest, "onnx_sha256": digest}
+    Path(f"{broken}.json").write_text(json.dumps(sidecar))
+    server = Server(broken, tmp=tmp_path / "tmp", ready=False)
+    try:
+        with server.client() as c:
+            _wait_for(lambda: "loading" not in c.get("/readyz").text)
+            ready = c.get("/readyz")
+            answer = upload(c, clips / "allowed" / "a.mp4")
+            assert c.get("/healthz").status_code == 200
+    finally:
+        assert server.stop() == 0, server.log()
+    reason = ready.json()["error"]
+    assert ready.status_code == 503 and reason and "\n" not in reason
+    assert (answer.status_code, answer.json()["error"]) == (503, reason)
+    assert answer.headers["retry-after"] == "1"
 
 
 # --------------------------------------------------------------------------- refusals
