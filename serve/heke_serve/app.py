@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -238,8 +238,8 @@ def _add_scoring(app: FastAPI, state: State) -> None:
     async def submit(request: Request, snippets: int | None = snippets_query) -> Response:
         check_token(state, request)
         count = check_snippets(snippets)
-        job, video, slot = await _accept_job(state, request)
-        task = asyncio.create_task(_run_job(state, job, video, count, slot))
+        job, video, release = await _accept_job(state, request)
+        task = asyncio.create_task(_run_job(state, job, video, count, release))
         with state.lock:
             state.tasks.add(task)
         task.add_done_callback(lambda done: _forget(state, done))
@@ -261,48 +261,41 @@ def _scored_response(scored: Scored) -> Response:
     return error_response(scored.status, scored.error or "failed", record=scored.record)
 
 
-async def _accept_job(state: State, request: Request) -> tuple[Job, Upload, Any]:
-    """The job's slot, input (a file the job owns from now on) and entry in the store."""
-    slot = state.service.admission()
-    slot.__enter__()
-    try:
+async def _accept_job(state: State, request: Request) -> tuple[Job, Upload, ExitStack]:
+    """The job's entry in the store, its input, and what to release when the job ends: its
+    admission slot and, for an upload, the file the job owns from now on."""
+    with ExitStack() as release:
+        release.enter_context(state.service.admission())
         async with _video_input(state, request) as video:
-            kept = _keep(video)
+            kept = _keep(state, video)
+        if kept.path != video.path:
+            release.callback(kept.path.unlink, missing_ok=True)
         try:
             job = state.jobs.create(video.name)
         except JobStoreFullError as exc:
-            _discard(kept)
             raise RequestError(429, str(exc)) from None
-        return job, kept, slot
-    except BaseException:
-        slot.__exit__(None, None, None)
-        raise
+        return job, kept, release.pop_all()
 
 
-def _keep(video: Upload) -> Upload:
+def _keep(state: State, video: Upload) -> Upload:
     """An uploaded file renamed so that leaving the upload's context does not delete it."""
-    if not video.path.name.startswith("upload-"):
+    if video.path.parent != state.uploads:
         return video  # a server-side file named by path: nothing to keep
     kept = video.path.with_name("job-" + video.path.name)
     video.path.rename(kept)
     return Upload(kept, video.name)
 
 
-def _discard(video: Upload) -> None:
-    if video.path.name.startswith("job-"):
-        video.path.unlink(missing_ok=True)
-
-
-async def _run_job(state: State, job: Job, video: Upload, count: int | None, slot: Any) -> None:
-    try:
-        state.jobs.start(job)
-        scored = await state.service.score(video.path, video.name, count)
-        state.jobs.finish(job, scored.status, scored.record, scored.error)
-    except Exception as exc:  # never a job left "running" forever
-        state.jobs.finish(job, 500, None, f"{video.name}: {type(exc).__name__}: {exc}")
-    finally:
-        _discard(video)
-        slot.__exit__(None, None, None)
+async def _run_job(
+    state: State, job: Job, video: Upload, count: int | None, release: ExitStack
+) -> None:
+    with release:
+        try:
+            state.jobs.start(job)
+            scored = await state.service.score(video.path, video.name, count)
+            state.jobs.finish(job, scored.status, scored.record, scored.error)
+        except Exception as exc:  # never a job left "running" forever
+            state.jobs.finish(job, 500, None, f"{video.name}: {type(exc).__name__}: {exc}")
 
 
 def _forget(state: State, task: asyncio.Task[None]) -> None:
