@@ -219,9 +219,12 @@ class Scorer:
     # The steps of ``score``, public so that other drivers (the Ray corpus actor, the
     # benchmarks) give the same records: decode -> infer -> result, or failure.
 
-    def decode(self, path: str | Path, num_snippets: int | None = None) -> DecodedVideo:
+    def decode(
+        self, path: str | Path, num_snippets: int | None = None, name: str | None = None
+    ) -> DecodedVideo:
         """Probe, sample, decode and preprocess one video (thread-safe); ``num_snippets``
-        overrides the Scorer's for this video (heke-serve's ``?snippets=``)."""
+        overrides the Scorer's for this video (heke-serve's ``?snippets=``), and ``name`` is
+        what its result and warnings call it (default: ``path`` as given)."""
         return decode_video(
             path,
             self.model,
@@ -230,6 +233,7 @@ class Scorer:
             on_damage=self.on_damage,
             stall_s=self.timeout,
             hdr=self.hdr,
+            name=name,
         )
 
     def failure(self, path: str | Path, exc: BaseException, start: float) -> VideoResult:
@@ -344,12 +348,14 @@ def decode_video(
     on_damage: OnDamage = "fail",
     stall_s: float | None = None,
     hdr: HdrMode = DEFAULT_HDR,
+    name: str | None = None,
 ) -> DecodedVideo:
     """One video's model inputs, with the warnings decoding raised as one-line notes.
 
     ``path`` may be a URL or ``-`` (standard input): such inputs are copied to a temporary
     file first (:mod:`heke_runtime.sources`; ``stall_s`` bounds each network read, default
-    :data:`heke_runtime.sources.NETWORK_STALL_S`); the result names ``path`` as given.
+    :data:`heke_runtime.sources.NETWORK_STALL_S`); the result names ``path`` as given, or
+    ``name`` (heke-serve: an upload's file name, never its temporary file).
 
     ``sums_only`` stops at the integer block sums (``inputs == {"sums": ...}``, see
     :func:`heke_runtime.preprocess.load_sums`): what the Ray corpus ships from its decode
@@ -359,6 +365,7 @@ def decode_video(
     from heke_runtime.preprocess import load_clips, load_sums
 
     source = str(path)
+    shown = source if name is None else name
     with captured_warnings() as caught, local_copy(source, stall_s=stall_s) as local:
         if sums_only:
             sums, info, plan = load_sums(
@@ -370,12 +377,12 @@ def decode_video(
                 local, num_snippets, size=size, model=model, on_damage=on_damage, hdr=hdr
             )
             inputs = named_inputs(model, loaded)
-    if local != source:  # a spooled copy, already deleted: name the input as given
-        info = dataclasses.replace(info, path=source)
-    messages = tuple(dict.fromkeys(one_line(m).replace(local, source) for m in caught))
+    if local != shown:  # a spooled copy, already deleted, or a file named otherwise
+        info = dataclasses.replace(info, path=shown)
+    messages = tuple(dict.fromkeys(one_line(m).replace(local, shown) for m in caught))
     plan = np.asarray(plan)
     return DecodedVideo(
-        path=str(path),
+        path=shown,
         inputs=inputs,
         info=info,
         plan=plan,

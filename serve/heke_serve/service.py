@@ -146,11 +146,10 @@ class ScoringService:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            decoded = await loop.run_in_executor(self.pool, self._decode, path, num_snippets)
+            decoded = await loop.run_in_executor(self.pool, self._decode, path, num_snippets, name)
         except Exception as exc:
             self.metrics.decode_failures.inc()
             return self._failed(str(path), name, exc, start, 422)
-        decoded = _renamed(decoded, str(path), name)
         try:
             outputs = await self.infer(decoded.inputs)
             result = self.scorer.result(decoded, outputs, start)
@@ -164,12 +163,13 @@ class ScoringService:
         assert self.batcher is not None  # admission() let the request in: the engine is up
         return await asyncio.wrap_future(self.batcher.submit(inputs))
 
-    def _decode(self, path: Path, num_snippets: int | None) -> DecodedVideo:
+    def _decode(self, path: Path, num_snippets: int | None, name: str) -> DecodedVideo:
+        """Records and warnings name the client's input, never the temporary file."""
         limit = self.limits.timeout_s
         if limit is None:
-            return self.scorer.decode(path, num_snippets)
+            return self.scorer.decode(path, num_snippets, name)
         return call_with_timeout(
-            lambda: self.scorer.decode(path, num_snippets), limit, timeout_reason(limit)
+            lambda: self.scorer.decode(path, num_snippets, name), limit, timeout_reason(limit)
         )
 
     def _failed(
@@ -181,16 +181,6 @@ class ScoringService:
         reason = (result.error or "").replace(local, name)
         result = dataclasses.replace(result, path=name, error=reason)
         return Scored(status, result.to_dict(), f"{name}: {reason}")
-
-
-def _renamed(decoded: DecodedVideo, local: str, name: str) -> DecodedVideo:
-    """``decoded`` as if read from ``name``: records and warnings name the client's input,
-    never the service's temporary file."""
-    if local == name:
-        return decoded
-    info = dataclasses.replace(decoded.info, path=name)
-    warnings = tuple(w.replace(local, name) for w in decoded.warnings)
-    return dataclasses.replace(decoded, path=name, info=info, warnings=warnings)
 
 
 def check_snippets(value: int | None) -> int | None:
