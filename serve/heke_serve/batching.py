@@ -38,7 +38,6 @@ class _Video:
     taken: int = 0  # snippets handed to batches so far
     parts: dict[int, Arrays] = field(default_factory=dict)  # first snippet -> outputs
     done: int = 0
-    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ class DynamicBatcher:
 
 def _deliver(chunk: _Chunk, part: Arrays) -> None:
     video = chunk.video
-    if video.failed:
+    if video.future.done():  # failed already: one of its batches raised
         return
     video.parts[chunk.first] = part
     video.done += chunk.stop - chunk.first
@@ -174,6 +173,5 @@ def _deliver(chunk: _Chunk, part: Arrays) -> None:
 
 
 def _fail(video: _Video, exc: BaseException) -> None:
-    if not video.failed and not video.future.done():
-        video.failed = True
+    if not video.future.done():
         video.future.set_exception(exc)
