@@ -33,6 +33,7 @@ WORKERS = 2  # nodes, one scoring replica each
 SCORE_TOLERANCE = 1e-6  # the same engine on the same tensors: only float printing differs
 WAIT_S = 180.0  # bound on every wait for the cluster (2-core CI machine)
 SIZES = [(64, 48), (96, 54), (48, 32)]  # two or more input shapes share the replicas
+KILL_ROUNDS = 3  # rounds of "post, kill one replica" until a kill finds one at work
 LIMITS = ServiceLimits(max_batch=2, batch_delay_s=0.005, decode_workers=1, max_queue=8)
 
 
@@ -178,12 +179,25 @@ def test_a_replica_killed_mid_run_loses_no_accepted_job(base_url, engine, regres
     argv = [*map(str, longer), "-e", str(engine), "--regressor", str(regressor)]
     assert heke_run([*argv, "--threads", "1", "-o", str(out)]) == 0
     reference = {Path(r["path"]).name: r for r in read_records(out)}
-    # As many jobs as the ingress admits (--max-queue per replica, times the replicas): both
-    # replicas hold several when one is killed.
+    # As many jobs as the ingress admits (--max-queue per replica, times the replicas), so
+    # both replicas usually hold several when one is killed. Serve's router may still have
+    # given the victim fewer, done before the kill: such a round proves no loss but not the
+    # retry, so another round kills again (Serve has started a new replica meanwhile).
     inputs = (longer * 8)[: readyz(base_url)["max_queue"]]
-    retried_before = readyz(base_url)["retried"]
+    for _ in range(KILL_ROUNDS):
+        retried_before = readyz(base_url)["retried"]
+        kill_one_replica_under_load(base_url, inputs, reference)
+        if readyz(base_url)["retried"] > retried_before:
+            break  # the kill hit videos in flight: they were sent again, and all scored
+    else:
+        pytest.fail(f"in {KILL_ROUNDS} rounds no kill found a replica at work")
+
+
+def kill_one_replica_under_load(base_url: str, inputs: list[Path], reference: dict) -> None:
+    """Posts ``inputs`` as jobs, kills one scoring replica while they run, and checks every
+    job is scored as heke-run scores it."""
+    until(lambda: len(scorer_replicas()) == WORKERS, "Serve did not replace the replica")
     victims = scorer_replicas()  # now: Ray's state API takes a while, the jobs do not wait
-    assert len(victims) == WORKERS
     victim = ray.get_actor(victims[0], namespace="serve")
     with httpx.Client(base_url=base_url, timeout=WAIT_S) as client:
         accepted = []
@@ -205,9 +219,7 @@ def test_a_replica_killed_mid_run_loses_no_accepted_job(base_url, engine, regres
             view = client.get(f"/v1/jobs/{job}").json()
             assert view["status"] == "done", view
             assert_same_record(view["record"], reference[video.name], video.name)
-    ready = readyz(base_url)
-    assert ready["retried"] > retried_before  # the kill hit videos in flight: sent again
-    assert victims[0] not in scorer_replicas()
+    until(lambda: victims[0] not in scorer_replicas(), "the killed replica is still named")
 
 
 @pytest.mark.slow
