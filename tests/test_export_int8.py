@@ -20,6 +20,7 @@ from heke_export.cli import app
 from heke_export.int8 import DEFAULT_CLIPS, content_sha256, default_calibration_paths
 from heke_export.int8_verify import verify_int8
 from heke_export.onnx_export import onnx_model_from_weights
+from heke_export.qdq_forms import RELU_ZERO_POINT, tensorrt_form
 from heke_export.trt_check import check_tensorrt_compat
 from heke_ref.checkpoint import demo_weights
 from heke_runtime.cli import main as heke_run
@@ -40,6 +41,19 @@ def int8_graph(tmp_path_factory) -> Path:
     return path
 
 
+def _fp32_tiny() -> onnx.ModelProto:
+    return onnx_model_from_weights(demo_weights("r2p1d_HEKE_4", tiny=True), "fp32")
+
+
+def _relus(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
+    """Each ReLU of ``model`` and the nodes that read it."""
+    return [
+        (relu, [n for n in model.graph.node if relu.output[0] in n.input])
+        for relu in model.graph.node
+        if relu.op_type == "Relu"
+    ]
+
+
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
@@ -52,7 +66,7 @@ def test_sidecar_records_calibration_method_and_fp32_source(int8_graph):
     side = read_sidecar(int8_graph)
     assert side.precision == "int8" and side.kind == "onnx" and side.demo_weights
     record = side.quantization
-    assert record is not None and record["method"] == "percentile"
+    assert record is not None and record["method"] == "minmax"
     calibration = record["calibration"]
     assert calibration["default_set"] and calibration["snippets_per_video"] == 3
     assert [Path(p).name for p in calibration["paths"]] == list(DEFAULT_CLIPS)
@@ -85,8 +99,18 @@ def test_graph_is_qdq_with_per_channel_weights_and_fp32_statistics(int8_graph):
                 assert name not in made_by or made_by[name].op_type != "DequantizeLinear", node.name
         if "group_conv" in node.name:
             assert init[node.input[1]].data_type == onnx.TensorProto.FLOAT
-    zeros = [init[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear",)]
-    assert zeros and not any(onnx.numpy_helper.to_array(z).any() for z in zeros)
+    # Symmetric but where a ReLU's output is held: zero point -128 (heke_export.qdq_forms).
+    zeros = {
+        n.name: int(onnx.numpy_helper.to_array(init[n.input[2]]))
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
+    assert set(zeros.values()) == {0, RELU_ZERO_POINT}
+    relu_outputs = {n for n, z in zeros.items() if z == RELU_ZERO_POINT}
+    for node in model.graph.node:
+        if node.op_type == "Relu":  # a block's end: its pairs are on [0, max] too
+            for reader in (n for n in model.graph.node if node.output[0] in n.input):
+                assert reader.op_type != "QuantizeLinear" or reader.name in relu_outputs
 
 
 def test_onnx_runtime_runs_every_backbone_conv_with_integer_kernels(int8_graph, tmp_path):
@@ -104,6 +128,12 @@ def test_onnx_runtime_runs_every_backbone_conv_with_integer_kernels(int8_graph, 
     ]
     assert kernels.count("QLinearConv") == 21  # every backbone conv
     assert kernels.count("Conv") == 3  # the three heads, kept FP32
+    # No float ReLU between integer kernels: only ReLUs read by several nodes (a block's
+    # end: the next block, its shortcut, the statistics) are computed; the others are zero
+    # points.
+    shared = [r for r in _relus(_fp32_tiny()) if len(r[1]) > 1]
+    assert 0 < len(shared) < len(_relus(_fp32_tiny()))
+    assert kernels.count("Relu") == len(shared)
 
 
 def test_heke_run_scores_the_int8_graph(int8_graph, tmp_path, capsys):
@@ -151,13 +181,41 @@ def test_calibration_is_only_for_int8(tmp_path):
     assert result.exit_code == 2 and "--calibration" in result.output
 
 
-def test_tensorrt_check_accepts_the_qdq_graph(int8_graph):
-    report = check_tensorrt_compat(int8_graph)
+def test_tensorrt_check_accepts_the_tensorrt_form_only(int8_graph):
+    report = check_tensorrt_compat(tensorrt_form(onnx.load(int8_graph)))
     assert report, report.report()
+    # The file as written holds zero points TensorRT refuses: heke-export derives the form.
+    written = check_tensorrt_compat(int8_graph)
+    assert not written and all("zero point is not 0" in str(f) for f in written.findings)
+
+
+def test_tensorrt_form_restores_every_relu_on_the_same_ranges(int8_graph):
+    written = onnx.load(int8_graph)
+    model = tensorrt_form(written)
+    init = _initializers(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Relu") == len(_relus(_fp32_tiny()))  # the FP32 graph's, all back
+    for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        assert not onnx.numpy_helper.to_array(init[q.input[2]]).any()
+    # The ranges are the calibrated ones: max / 255 with zero point -128 is max / 127 here.
+    before = {
+        n.input[0]: float(onnx.numpy_helper.to_array(_initializers(written)[n.input[1]]))
+        for n in written.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
+    made_by, restored = _producers(model), 0
+    for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        relu = made_by.get(q.input[0])
+        if relu is not None and relu.op_type == "Relu" and relu.input[0] in before:
+            scale = float(onnx.numpy_helper.to_array(init[q.input[1]]))
+            assert scale == pytest.approx(before[relu.input[0]] * 255 / 127, rel=1e-6)
+            restored += 1
+    absorbed = len(_relus(_fp32_tiny())) - [n.op_type for n in written.graph.node].count("Relu")
+    assert restored == absorbed > 0
 
 
 def _edited(path: Path, edit) -> onnx.ModelProto:
-    model = onnx.load(path)
+    model = tensorrt_form(onnx.load(path))
     edit(model)
     return model
 

@@ -19,6 +19,10 @@ beside a UINT8 output, and the convolution runs as a float ``Conv``: every block
 convolution and downsample (11 of 37 in r2p1d; benchmarks/RESULTS.md, INT8). So each consumer
 gets its own pair (``DedicatedQDQPair``), and, what the quantizer cannot do,
 :func:`unshare_quant_params` gives each pair its own scale and zero-point initializers.
+
+Last, heke_export.qdq_forms writes each ReLU into its output's zero point (-128, 8 bits over
+``[0, max]``): ONNX Runtime then runs no float ReLU between integer kernels, and the graph is
+more accurate. TensorRT, symmetric only, builds from the form that module derives back.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from heke_export.onnx_export import (
     prepare_output_folder,
     write_artifact,
 )
+from heke_export.qdq_forms import absorb_relus, tensorrt_form
 from heke_ref.checkpoint import Weights
 from heke_ref.samples import sample_clip
 from heke_runtime.errors import HekeError
@@ -56,10 +61,10 @@ from heke_runtime.preprocess import load_clips
 
 Method = Literal["percentile", "entropy", "minmax"]
 METHODS: tuple[Method, ...] = get_args(Method)
-# Percentile (99.999% of |x|, symmetric) clips the rare outliers min-max would spend the int8
-# range on; entropy needs a histogram pass per tensor and was no better here
+# Min-max: on the shared reference weights its features were the closest to FP32 at every
+# stage; percentile (99.999% of |x|) and entropy clip the peaks the max statistic reads
 # (benchmarks/RESULTS.md, INT8).
-DEFAULT_METHOD: Method = "percentile"
+DEFAULT_METHOD: Method = "minmax"
 _ORT_METHODS = {
     "percentile": ortq.CalibrationMethod.Percentile,
     "entropy": ortq.CalibrationMethod.Entropy,
@@ -300,7 +305,7 @@ def quantize_graph(
         finally:
             logging.getLogger().setLevel(quiet)
         quantized = fp32_inputs_for(onnx.load(target), keep_fp32)
-        return unshare_quant_params(quantized)
+        return absorb_relus(unshare_quant_params(quantized))
 
 
 def calibration_feeds(model: str, calibration: Calibration) -> list[Feeds]:
@@ -326,7 +331,8 @@ def quantization_record(
         },
         "fp32_onnx_sha256": fp32_sha256,
         "weights": "int8 symmetric, per output channel (axis 0)",
-        "activations": "int8 symmetric, per tensor",
+        "activations": "int8 per tensor: symmetric; ReLU outputs zero point -128 over [0, max]",
+        "tensorrt_form": "ReLUs restored, zero points 0 (heke_export.qdq_forms.tensorrt_form)",
         "fp32_nodes": list(keep_fp32),
         "onnxruntime": onnxruntime.__version__,
     }
@@ -345,7 +351,7 @@ def int8_model(
         f"({calibration.method})"
     )
     proto = quantize_graph(fp32, feeds, calibration, keep)
-    finish_graph(proto, weights, f"int8 ({calibration.method})")
+    finish_graph(proto, weights, f"int8 ({calibration.method})", tensorrt_view=tensorrt_form)
     return proto, quantization_record(calibration, fp32_sha256, keep)
 
 

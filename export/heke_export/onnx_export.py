@@ -14,7 +14,7 @@ import hashlib
 import io
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,14 +169,22 @@ def onnx_model_from_weights(weights: Weights, precision: Precision = "fp32") -> 
     return proto
 
 
-def finish_graph(proto: onnx.ModelProto, weights: Weights, precision: str) -> None:
+def finish_graph(
+    proto: onnx.ModelProto,
+    weights: Weights,
+    precision: str,
+    tensorrt_view: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+) -> None:
     """Stamps ``proto`` with what made it, then checks it with the ONNX checker and the
-    static TensorRT check; every exported graph (FP32, FP16, INT8) passes here."""
+    static TensorRT check; every exported graph (FP32, FP16, INT8) passes here.
+    ``tensorrt_view``: the form TensorRT will parse, where it is not ``proto`` itself
+    (INT8: heke_export.qdq_forms)."""
     proto.producer_name, proto.producer_version = "heke-export", "0.1.0"
     proto.doc_string = f"{weights.describe()}; precision {precision}"
     label = f"{weights.model} {precision.split()[0]}"
     check_graph(proto, label)
-    compat = check_tensorrt_compat(proto, io=io_spec(weights.model, tiny=weights.tiny))
+    parsed = tensorrt_view(proto) if tensorrt_view is not None else proto
+    compat = check_tensorrt_compat(parsed, io=io_spec(weights.model, tiny=weights.tiny))
     if not compat:
         count = len(compat.findings)
         raise IncompatibleGraphError(f"{label}: {compat.findings[0]} ({count} problems)")

@@ -8,18 +8,23 @@ Version differences are decided on ``int(trt.__version__.split(".")[0])``, never
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import onnx
+
 from heke_export.errors import EngineBuildError, TensorRTMissingError
 from heke_export.onnx_export import prepare_output_folder, write_artifact
+from heke_export.qdq_forms import tensorrt_form
 from heke_runtime.files import atomic_write_bytes, now_utc
 from heke_runtime.sampling import model_input_size
 from heke_runtime.sidecar import Sidecar, read_sidecar
@@ -132,9 +137,24 @@ def _network_flags(trt: ModuleType, major: int) -> int:
     return 0  # 11.x: every network is strongly typed; the flag is deprecated ("always enabled")
 
 
-def _parse(trt: ModuleType, network: Any, log: Any, onnx_path: Path) -> None:
+@contextlib.contextmanager
+def _tensorrt_source(onnx_path: Path, precision: str) -> Iterator[Path]:
+    """The file TensorRT parses: the export itself, or for INT8 its TensorRT form (ReLUs
+    restored, zero points 0: heke_export.qdq_forms), in a temporary folder."""
+    if precision != "int8":
+        yield onnx_path
+        return
+    with tempfile.TemporaryDirectory(prefix="heke-trt-") as folder:
+        source = Path(folder) / onnx_path.name
+        onnx.save(tensorrt_form(onnx.load(onnx_path)), source)
+        yield source
+
+
+def _parse(trt: ModuleType, network: Any, log: Any, onnx_path: Path, precision: str) -> None:
     parser = trt.OnnxParser(network, log)
-    if parser.parse_from_file(str(onnx_path)):
+    with _tensorrt_source(onnx_path, precision) as source:
+        parsed = parser.parse_from_file(str(source))
+    if parsed:
         return
     lines = []
     for index in range(parser.num_errors):
@@ -203,11 +223,12 @@ def _build(
     shapes: dict[str, list[list[int]]],
     options: BuildOptions,
     cache: Path,
+    precision: str,
 ) -> tuple[bytes, Any]:
     log = tensorrt_logger(trt)
     builder = trt.Builder(log)
     network = builder.create_network(_network_flags(trt, tensorrt_major(trt)))
-    _parse(trt, network, log, onnx_path)
+    _parse(trt, network, log, onnx_path, precision)
     config = _config(trt, builder, shapes, options.workspace_bytes, options.version_compatible)
     _use_timing_cache(config, cache)
     plan = builder.build_serialized_network(network, config)
@@ -255,7 +276,7 @@ def plan_from_onnx(
     sm = gpu["compute_capability"].replace(".", "")
     cache = options.timing_cache or plan_path.with_name(f"timing-trt{trt.__version__}-sm{sm}.cache")
     echo(f"building TensorRT {trt.__version__} engine on {gpu['name']} (sm {sm}), profile {shapes}")
-    plan, log = _build(trt, onnx_path, shapes, options, cache)
+    plan, log = _build(trt, onnx_path, shapes, options, cache, onnx_sidecar.precision)
     _check_engine(trt, log, plan, onnx_sidecar)
     info = {
         "version": trt.__version__,
