@@ -1,6 +1,11 @@
 """INT8 Q/DQ graph vs the FP32 graph on ONNX Runtime's CPU provider: model-stage speed in
 interleaved rounds, and which kernels ran (ONNX Runtime's profile).
 
+Three graphs: FP32, the INT8 graph heke-export writes (ReLUs in zero points), and its
+symmetric TensorRT form (heke_export.qdq_forms), run here to show why ONNX Runtime is not
+given that form: it fuses ``DQ -> Conv -> Q`` but not ``DQ -> Conv -> Relu -> Q``, so most
+convolutions of that form run in float.
+
     python benchmarks/int8_speed.py                      # full-size demo weights, 136x240
     python benchmarks/int8_speed.py --tiny --size 64x80  # the tiny test model
 
@@ -19,10 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from heke_export.int8 import Calibration, int8_from_weights
 from heke_export.onnx_export import onnx_from_weights
+from heke_export.qdq_forms import tensorrt_form
 from heke_ref.checkpoint import demo_weights
 
 
@@ -80,17 +87,20 @@ def main() -> None:
         fp32 = onnx_from_weights(weights, folder, "fp32")
         quick = Calibration(method="minmax", snippets=2)
         int8 = int8_from_weights(weights, folder, quick, echo=lambda _: None)
+        symmetric = folder / "symmetric.int8.onnx"
+        onnx.save(tensorrt_form(onnx.load(int8)), symmetric)
         clip = np.random.default_rng(0).standard_normal((1, 3, 8, height, width)).astype(np.float32)
-        for path in (fp32, int8):
+        for path in (fp32, int8, symmetric):
             ops = kernel_summary(path, clip, folder)
             top = sorted(ops.items(), key=lambda kv: -kv[1][1])[:6]
             print(
                 f"profile {path.name}: " + ", ".join(f"{k} x{c} {ms:.0f} ms" for k, (c, ms) in top)
             )
-        seconds = interleaved([fp32, int8], clip, args.rounds)
+        seconds = interleaved([fp32, int8, symmetric], clip, args.rounds)
     print(
         f"model [1,3,8,{height},{width}]{' tiny' if args.tiny else ''}: FP32 {seconds[0]:.3f} s, "
-        f"INT8 {seconds[1]:.3f} s, INT8 speed-up {seconds[0] / seconds[1]:.2f}x "
+        f"INT8 {seconds[1]:.3f} s ({seconds[0] / seconds[1]:.2f}x), INT8 symmetric "
+        f"{seconds[2]:.3f} s ({seconds[0] / seconds[2]:.2f}x) "
         f"(median of {args.rounds} interleaved rounds)"
     )
 

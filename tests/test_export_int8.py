@@ -23,7 +23,9 @@ from heke_export.onnx_export import onnx_model_from_weights
 from heke_export.qdq_forms import RELU_ZERO_POINT, tensorrt_form
 from heke_export.trt_check import check_tensorrt_compat
 from heke_ref.checkpoint import demo_weights
+from heke_runtime.backends import open_backend
 from heke_runtime.cli import main as heke_run
+from heke_runtime.scorer import Scorer
 from heke_runtime.sidecar import read_sidecar
 
 runner = CliRunner()
@@ -134,6 +136,13 @@ def test_onnx_runtime_runs_every_backbone_conv_with_integer_kernels(int8_graph, 
     shared = [r for r in _relus(_fp32_tiny()) if len(r[1]) > 1]
     assert 0 < len(shared) < len(_relus(_fp32_tiny()))
     assert kernels.count("Relu") == len(shared)
+
+
+def test_int8_graphs_run_two_snippets_per_call_on_cpu(int8_graph):
+    # Their integer kernels gain from it (heke_runtime.backends.onnxruntime.INT8_CPU_BATCH);
+    # FP32 graphs keep one.
+    assert Scorer(int8_graph).batch_size == 2
+    assert open_backend(int8_graph, "onnxruntime-cuda").preferred_batch_size is None
 
 
 def test_heke_run_scores_the_int8_graph(int8_graph, tmp_path, capsys):
@@ -255,3 +264,17 @@ def test_tensorrt_check_refuses_scales_that_are_not_initializers(int8_graph):
 
     report = check_tensorrt_compat(_edited(int8_graph, compute))
     assert any("must be initializers" in str(f) for f in report.findings)
+
+
+def test_tensorrt_check_refuses_a_quantized_conv_reading_a_float_input(int8_graph):
+    def unquantize_input(model):
+        made_by = _producers(model)
+        conv = next(
+            n
+            for n in model.graph.node
+            if n.op_type == "Conv" and made_by[n.input[0]].op_type == "DequantizeLinear"
+        )
+        conv.input[0] = made_by[made_by[conv.input[0]].input[0]].input[0]  # DQ <- Q <- float
+
+    report = check_tensorrt_compat(_edited(int8_graph, unquantize_input))
+    assert any("TensorRT cannot fuse it" in str(f) for f in report.findings), report.report()

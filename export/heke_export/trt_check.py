@@ -19,7 +19,8 @@ Rules (trt_notes.md §7), each finding tagged with its rule:
   points as initializers, every zero point 0 (TensorRT quantizes symmetrically), a scale
   vector only with a valid ``axis`` and one scale per channel, and a Conv weight dequantized
   per output channel (axis 0). A Conv weight or bias that is a DequantizeLinear of an
-  initializer counts as an initializer (TensorRT folds the pair into INT8 weights).
+  initializer counts as an initializer (TensorRT folds the pair into INT8 weights). A Conv
+  with INT8 weights reads a dequantized activation, the pattern TensorRT fuses.
 """
 
 from __future__ import annotations
@@ -290,11 +291,28 @@ def _check_conv_weights(g: _Graph) -> Iterator[Finding]:
             yield Finding("qdq", _node_name(node), f"weight dequantized on axis {_axis(dq)}, not 0")
 
 
+def _check_fusable(g: _Graph) -> Iterator[Finding]:
+    """A convolution with INT8 weights reads an INT8 activation (a DequantizeLinear), the
+    pattern TensorRT fuses into one INT8 kernel; with a float input it would run in float."""
+    made_by = {o: n for n in g.nodes for o in n.output}
+
+    def dequantized(name: str) -> bool:
+        node = made_by.get(name)
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    for node in g.nodes:
+        if node.op_type == "Conv" and dequantized(node.input[1]) and not dequantized(node.input[0]):
+            yield Finding(
+                "qdq", _node_name(node), "INT8 weights but a float input: TensorRT cannot fuse it"
+            )
+
+
 def _check_qdq(g: _Graph) -> Iterator[Finding]:
     for node in g.nodes:
         if node.op_type in QDQ:
             yield from _check_qdq_node(g, node)
     yield from _check_conv_weights(g)
+    yield from _check_fusable(g)
 
 
 def _dims(info: onnx.ValueInfoProto) -> list[int | str]:
