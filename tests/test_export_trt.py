@@ -1,5 +1,5 @@
 """TensorRT build path: the default profile, missing-TensorRT errors, the FP16 row tolerance
-on the float16 oracle, and (GPU) a real build whose every row matches the reference."""
+on the float16 oracle, and (GPU) real FP16 and INT8 builds whose rows match their oracles."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ from heke_export.verify import compare_rows, generated_inputs, torch_outputs
 from heke_ref.checkpoint import demo_weights, load_model
 from heke_runtime.sampling import model_input_size
 from heke_runtime.sidecar import read_sidecar
-from heke_runtime.tolerances import FP16_ROW_FEATURES, FP16_ROW_HEADS
+from heke_runtime.tolerances import (
+    FP16_ROW_FEATURES,
+    FP16_ROW_HEADS,
+    INT8_BLIND_SCORE,
+    INT8_STAGE_REL_ERROR,
+)
 from tests.conftest import require
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -116,6 +121,41 @@ def test_plan_from_onnx_builds_a_strongly_typed_engine_whose_rows_match_the_refe
         shape = "x".join(map(str, inputs["clips"].shape))
         wanted = reference_rows(weights, inputs)
         report = compare_rows(f"tensorrt fp16 {shape}", actual, wanted, FP16_ROWS)
+        assert report, report.text()
+
+
+@pytest.mark.gpu
+def test_int8_plan_matches_its_tensorrt_form_on_onnx_runtime(tmp_path):
+    """The INT8 plan is built from the graph's TensorRT form (heke_export.qdq_forms); that
+    form run on ONNX Runtime CPU is what the engine should compute, give or take TensorRT's
+    integer kernels. Per batch: each stage's features within the INT8 bar of it (relative L2),
+    and every row's heads within the INT8 blind-score tolerance."""
+    require("tensorrt", "this test builds and runs a real TensorRT INT8 engine")
+    require("cuda.bindings.runtime", "the TensorRT backend's CUDA calls")
+    import onnx
+    import onnxruntime as ort
+
+    from heke_export.int8 import Calibration, int8_from_weights
+    from heke_export.int8_verify import stage_errors, stage_slices
+    from heke_export.qdq_forms import tensorrt_form
+    from heke_runtime.backends.tensorrt import TensorRTBackend
+
+    weights = demo_weights("r2p1d_HEKE_4", tiny=True)
+    onnx_path = int8_from_weights(weights, tmp_path, Calibration(), echo=lambda _: None)
+    options = BuildOptions(Profile((1, 2, 7), (64, 96, 144), (64, 128, 256)), 1 << 30)
+    plan = plan_from_onnx(onnx_path, options=options, echo=lambda _: None)
+    assert read_sidecar(plan).precision == "int8"
+    form = tensorrt_form(onnx.load(onnx_path)).SerializeToString()
+    session = ort.InferenceSession(form, providers=["CPUExecutionProvider"])
+    batches = engine_cases(weights.model)
+    with TensorRTBackend(plan) as backend:
+        outputs = list(backend.infer_many(iter(batches)))
+    for inputs, actual in zip(batches, outputs):
+        wanted = dict(zip(("heads", "features"), session.run(["heads", "features"], inputs)))
+        errors = stage_errors(actual["features"], wanted["features"], stage_slices(weights))
+        assert max(errors.values()) <= INT8_STAGE_REL_ERROR, errors
+        shape = "x".join(map(str, inputs["clips"].shape))
+        report = compare_rows(f"tensorrt int8 {shape}", actual, wanted, {"heads": INT8_BLIND_SCORE})
         assert report, report.text()
 
 
