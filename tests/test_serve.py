@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -293,6 +294,48 @@ def test_an_upload_over_the_limit_is_413_declared_or_streamed(client, clips):
         assert exact.status_code == status, (size, exact.text)
 
 
+def test_a_declared_oversize_upload_is_413_before_its_body_is_sent(server):
+    # Only the headers go out: a server that waited for the body would never answer.
+    host, port = server.url.removeprefix("http://").split(":")
+    declared = 2**19 + 64 * 1024 + 1  # the limit plus the form overhead it allows, plus one
+    head = (
+        f"POST /v1/score HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(head.encode())
+        answer = connection.makefile("rb")
+        status = answer.readline().decode()
+        headers = dict(
+            line.decode().strip().lower().split(": ", 1) for line in iter(answer.readline, b"\r\n")
+        )
+        body = json.loads(answer.read(int(headers["content-length"])))
+    assert status.startswith("HTTP/1.1 413"), status
+    assert body["error"] == "upload larger than the server's limit of 0.5 MB"
+
+
+def test_a_body_over_the_limit_by_its_form_fields_only_is_taken(client, clips):
+    # The limit is the video's: a file within it, sent with other fields, is read and judged
+    # (not a video: 422), however the body's total compares with the limit.
+    noise = os.urandom(2**19 - 100)
+    response = client.post(
+        "/v1/score",
+        files={"video": ("noise.mp4", noise)},
+        data={"note": "x" * 4000},
+    )
+    assert response.status_code == 422, response.text
+    assert "noise.mp4" in response.json()["error"]
+
+
+def test_of_two_video_parts_the_first_is_scored(client, clips, expected):
+    first, second = clips / "allowed" / "a.mp4", clips / "c.mp4"
+    parts = [("video", (p.name, p.read_bytes())) for p in (first, second)]
+    response = client.post("/v1/score", files=parts)
+    assert response.status_code == 200, response.text
+    assert_same_record(response.json(), expected[first.name], "first part: ")
+
+
 def test_a_missing_or_wrong_token_is_401_and_probes_need_none(server, clips):
     for token in (None, "wrong"):
         with server.client(token) as c:
@@ -491,3 +534,27 @@ def test_the_batcher_equals_one_video_at_a_time_on_onnx_runtime(engine):
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
     assert all(s <= 4 for s, _ in sizes) and sum(s for s, _ in sizes) == 14
     assert any(v > 1 for _, v in sizes)  # at least one call held two videos' snippets
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    """Seconds of decoding on one worker: a job still at work when SIGTERM comes."""
+    folder = tmp_path_factory.mktemp("long")
+    return make_video(folder / "long.mp4", size=(1280, 720), frames=300)
+
+
+@pytest.mark.parametrize(("drain_s", "gives_up"), [("120", False), ("0", True)])
+def test_sigterm_waits_for_a_job_in_flight_up_to_drain_timeout(
+    engine, long_video, tmp_path, drain_s, gives_up
+):
+    server = Server(engine, "--decode-workers", "1", "--drain-timeout", drain_s, tmp=tmp_path)
+    try:
+        with server.client() as c:
+            job = upload(c, long_video, route="/v1/jobs").json()["id"]
+            assert c.get(f"/v1/jobs/{job}").json()["status"] != "done"
+            server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(150) == 0, server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+    gave_up = "gave up waiting for 1 requests or jobs" in server.log()
+    assert gave_up == gives_up, server.log()
