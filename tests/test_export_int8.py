@@ -121,19 +121,24 @@ def test_graph_is_qdq_with_per_channel_weights_and_fp32_statistics(int8_graph):
                 assert reader.op_type != "QuantizeLinear" or reader.name in relu_outputs
 
 
-def test_onnx_runtime_runs_every_backbone_conv_with_integer_kernels(int8_graph, tmp_path):
+def kernels_run(graph: Path, height: int, width: int, folder: Path) -> list[str]:
+    """The op of every kernel ONNX Runtime's CPU provider ran for one clip (its profile)."""
     options = ort.SessionOptions()
     options.enable_profiling = True
-    options.profile_file_prefix = str(tmp_path / "profile")
-    session = ort.InferenceSession(str(int8_graph), options, providers=["CPUExecutionProvider"])
-    clip = np.random.default_rng(0).standard_normal((1, 3, 8, 64, 80)).astype(np.float32)
-    session.run(None, {"clips": clip})
+    options.profile_file_prefix = str(folder / "profile")
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    clip = np.random.default_rng(0).standard_normal((1, 3, 8, height, width))
+    session.run(None, {"clips": clip.astype(np.float32)})
     events = json.loads(Path(session.end_profiling()).read_text())
-    kernels = [
+    return [
         e["args"]["op_name"]
         for e in events
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
     ]
+
+
+def test_onnx_runtime_runs_every_backbone_conv_with_integer_kernels(int8_graph, tmp_path):
+    kernels = kernels_run(int8_graph, 64, 80, tmp_path)
     assert kernels.count("QLinearConv") == 21  # every backbone conv
     assert kernels.count("Conv") == 3  # the three heads, kept FP32
     # No float ReLU between integer kernels: only ReLUs read by several nodes (a block's

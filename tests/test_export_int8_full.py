@@ -9,9 +9,7 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
@@ -26,6 +24,7 @@ from heke_runtime.cli import main as heke_run
 from heke_runtime.results import read_records
 from heke_runtime.tolerances import INT8_BLIND_SCORE, INT8_STAGE_REL_ERROR
 from tests.conftest import reference_file
+from tests.test_export_int8 import kernels_run
 
 MODEL = "r2p1d_HEKE_4"
 BLIND = ("gmsd", "st_gmsd", "st_rred", "ms_ssim", "ensemble")
@@ -57,14 +56,7 @@ def test_verify_passes_every_stage_under_the_bar(exported):
 
 def test_onnx_runtime_runs_integer_kernels_and_only_the_shared_relus(exported, tmp_path):
     int8, fp32, _ = exported
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp_path / "profile")
-    session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
-    clip = np.random.default_rng(0).standard_normal((1, 3, 8, 136, 240)).astype(np.float32)
-    session.run(None, {"clips": clip})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    kernels = [e["args"]["op_name"] for e in events if e["name"].endswith("_kernel_time")]
+    kernels = kernels_run(int8, 136, 240, tmp_path)
     graph = onnx.load(fp32).graph
     readers = [
         sum(r.output[0] in n.input for n in graph.node) for r in graph.node if r.op_type == "Relu"
