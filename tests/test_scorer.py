@@ -15,9 +15,16 @@ from heke_ref.preprocess import reference_clips, reference_pairs
 from heke_runtime.decode import probe_video, read_frames
 from heke_runtime.models import HEAD_NAMES
 from heke_runtime.parity import compare
+from heke_runtime.pipeline import default_workers
 from heke_runtime.regressor import RegressorError, save_regressor, upstream_layout
 from heke_runtime.sampling import ShortVideoWarning, clip_plan, pair_plan
-from heke_runtime.scorer import DEFAULT_BATCH_SIZE, Scorer
+from heke_runtime.scorer import (
+    DEFAULT_BATCH_SIZE,
+    Scorer,
+    ScorerError,
+    decode_video,
+    expand_inputs,
+)
 from heke_runtime.tolerances import RUNTIME_VS_REFERENCE
 from tests.test_backends import random_regressor, tiny_engine
 from tests.videos import encoded_times, make_video, pattern, sample_clip
@@ -234,3 +241,90 @@ def test_frames_travel_with_their_times_so_nothing_reopens_the_file(tmp_path):
         assert (snippet.first_frame, snippet.last_frame) == (row[0], row[-1])
         assert snippet.start_s == pytest.approx(float(times[row[0]]), abs=1e-6)
         assert snippet.end_s == pytest.approx(float(times[row[-1] + 1]), abs=1e-6)
+
+
+def test_options_are_checked_at_their_bounds_and_kept(tmp_path):
+    engine = tiny_engine("r2p1d_HEKE_4")
+    refused = {
+        "workers": (-1, "workers must be 0 (no pipeline) or more, got -1"),
+        "num_snippets": (1, "num_snippets must be at least 2, got 1"),
+        "batch_size": (0, "batch_size must be at least 1, got 0"),
+        "timeout": (0, "timeout must be more than 0 seconds (or None), got 0"),
+    }
+    for option, (value, message) in refused.items():
+        with pytest.raises(ScorerError) as caught:
+            Scorer(engine, **{option: value})
+        assert str(caught.value) == message
+    assert Scorer(engine, num_snippets=2).num_snippets == 2  # the authors' rule's least
+    assert Scorer(engine).workers == default_workers()
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    for workers, pipelined in ((0, False), (2, True)):
+        scorer = Scorer(engine, workers=workers)
+        assert scorer.workers == workers
+        assert [r.status for r in scorer.score_many([video])] == ["ok"]
+        assert (scorer.last_stats is not None) == pipelined  # 0: one video at a time
+        scorer.close()
+
+
+def test_closing_releases_the_engine_and_twice_is_harmless():
+    scorer = Scorer(tiny_engine("r2p1d_HEKE_4"))
+    assert not scorer.backend._loaded  # loaded on first use
+    with scorer:
+        assert scorer.backend._loaded
+    assert not scorer.backend._loaded
+    scorer.close()
+    assert not scorer.backend._loaded
+
+
+def test_a_glob_reaches_into_subfolders(tmp_path):
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    for path in (nested / "deep.mp4", tmp_path / "top.mp4", tmp_path / "notes.txt"):
+        path.write_bytes(b"named, not read")
+    found = expand_inputs([str(tmp_path / "**" / "*.mp4")])
+    assert [(i.path, i.error) for i in found] == [
+        (str(nested / "deep.mp4"), None),
+        (str(tmp_path / "top.mp4"), None),
+    ]
+
+
+def test_threads_reach_the_engine():
+    engine = tiny_engine("r2p1d_HEKE_4")
+    assert Scorer(engine, threads=1).backend.threads == 1
+    assert Scorer(engine).backend.threads is None  # ONNX Runtime's own choice
+
+
+def test_a_list_naming_a_txt_file_scores_that_file(tmp_path):
+    # A file named explicitly is an input whatever its extension; only the command line's
+    # own lists are read as lists (a list does not open further lists).
+    inner = tmp_path / "inner.txt"
+    inner.write_text("video.mp4\n")
+    outer = tmp_path / "outer.txt"
+    outer.write_text("inner.txt\n")
+    assert [(i.path, i.error) for i in expand_inputs([str(outer)])] == [(str(inner), None)]
+
+
+def test_the_record_describes_the_video_as_probed(tmp_path):
+    video = make_video(tmp_path / "v.mp4", size=(96, 54), frames=50, fps=25)
+    described = Scorer(tiny_engine("r2p1d_HEKE_4")).score(video).video
+    assert described is not None
+    assert (described.width, described.height, described.num_frames) == (96, 54, 50)
+    assert described.codec == "h264" and described.fps == pytest.approx(25)
+    assert described.duration_s == pytest.approx(2.0, abs=0.05)  # 50 frames at 25 fps
+
+
+def test_two_snippets_have_their_sample_spread(tmp_path):
+    video = make_video(tmp_path / "v.mp4", size=(96, 54), frames=60)
+    result = Scorer(tiny_engine("r2p1d_HEKE_4"), num_snippets=2).score(video)
+    assert result.ok and len(result.snippets) == 2
+    for name, spread in result.spread.items():
+        values = [s.scores[name] for s in result.snippets]
+        assert spread == pytest.approx(np.std(values, ddof=1), abs=2e-6), name
+    assert max(result.spread.values()) > 0  # a moving pattern: the two snippets differ
+
+
+def test_decoded_video_info_names_the_input_as_shown(tmp_path):
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    decoded = decode_video(video, "r2p1d_HEKE_4", 12, None, name="upload.mp4")
+    assert decoded.path == decoded.info.path == "upload.mp4"
+    assert decode_video(video, "r2p1d_HEKE_4", 12, None).info.path == str(video)
