@@ -251,6 +251,9 @@ def _run_server(api: FastAPI, host: str, port: int, drain_s: float) -> None:
         sock = config.bind_socket()
     except OSError as exc:
         common.failure(PROG, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    # Listening from here on, as the line below says: a client that connects while the
+    # engine loads waits in the backlog instead of being refused.
+    sock.listen(config.backlog)
     bound = sock.getsockname()[1]
     where = f"[{host}]" if ":" in host else host
     typer.echo(f"{PROG}: listening on http://{where}:{bound} (page /, API docs /docs)", err=True)
