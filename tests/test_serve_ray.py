@@ -183,14 +183,15 @@ def test_a_replica_killed_mid_run_loses_no_accepted_job(base_url, engine, regres
     # replica killed is the one holding the most of them at that moment, as Serve's own count
     # says; if none holds any yet (the router still has them all), the round kills nothing
     # and the next one posts again.
+    # Who sends the killed replica's videos again is not asserted: the ingress does (its
+    # "retried" count) for a request the replica had taken, Serve's router itself for one
+    # still queued there; on the loaded CI machine all were of the second kind.
     inputs = (longer * 8)[: readyz(base_url)["max_queue"]]
-    retried_before = readyz(base_url)["retried"]
     for _ in range(KILL_ROUNDS):
         if kill_the_busiest_replica_under_load(base_url, inputs, reference):
             break
     else:
         pytest.fail(f"in {KILL_ROUNDS} rounds no replica held a video when the jobs were posted")
-    assert readyz(base_url)["retried"] > retried_before  # its videos were sent again
 
 
 def ongoing(name: str) -> int:
