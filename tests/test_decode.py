@@ -297,6 +297,21 @@ def _raw(folder: Path) -> Path:
     return path
 
 
+def test_a_matroska_file_that_starts_late_is_whole_until_cut(tmp_path: Path) -> None:
+    # Matroska's Duration counts from timestamp 0: a file whose first frame is at 1.5 s
+    # (an MPEG-TS stream's timestamps kept, as FFmpeg's -copyts and PyAV remuxes do) is whole.
+    import av
+
+    ts = videos.make_video(tmp_path / "long.ts", size=(160, 120), frames=60)
+    late = videos.remux(ts, tmp_path / "late.mkv", shift_s=1.5)
+    with av.open(str(late)) as container:
+        assert container.start_time > 1_000_000 and container.duration > 3_000_000
+    assert probe_video(late).num_frames == 60
+    cut = videos.truncate_file(late, tmp_path / "cut.mkv", 0.6)
+    with pytest.raises(VideoDecodeError, match=r"cut\.mkv: truncated or damaged: data ends at"):
+        probe_video(cut)
+
+
 def test_bad_inputs_raise_one_line_errors(tmp_path: Path, made: dict[str, Path]) -> None:
     for label, (path, reason) in _bad_inputs(tmp_path, made["h264_bframes.mp4"]).items():
         with pytest.raises(VideoDecodeError) as caught:

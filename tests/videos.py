@@ -198,3 +198,24 @@ def sample_clip(name: str) -> Path | None:
         if file.name == f"{name}.mp4" and "datasets" in file.parts:
             return Path(str(dist.locate_file(file)))
     return None
+
+
+def remux(
+    source: str | Path, dest: str | Path, format: str | None = None, shift_s: float = 0.0
+) -> Path:
+    """Copy ``source``'s video packets, untouched, into ``dest``, their timestamps moved
+    ``shift_s`` later (a late start, as an MPEG-TS stream's 1.4 s that ``-copyts`` keeps).
+    No bitstream filter runs: H.264 from MP4 or Matroska into MPEG-TS is not Annex B."""
+    import av
+
+    with av.open(str(source)) as given, av.open(str(dest), "w", format=format) as out:
+        stream = given.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in given.demux(stream):
+            if packet.dts is not None and packet.time_base is not None:
+                shift = round(shift_s / packet.time_base)
+                packet.dts += shift
+                packet.pts = None if packet.pts is None else packet.pts + shift
+                packet.stream = copy
+                out.mux(packet)
+    return Path(dest)

@@ -558,9 +558,11 @@ def _check_truncation(container: av.container.InputContainer, scan: _Scan, path:
     # a cut (MP4/MOV/AVI cuts already show as corrupt packets or an unreadable index).
     if "matroska" not in container.format.name or not container.duration:
         return
-    start = (container.start_time or 0) / av.time_base
+    # Matroska's Duration runs from timestamp 0, not from the first frame: FFmpeg's muxer
+    # writes the last frame's end, so a file starting at 1.48 s (MPEG-TS timestamps kept)
+    # that declares 2.68 s is whole. The data's end is compared as it is, not less its start.
     declared = container.duration / av.time_base
-    found = scan.data_end_s - start
+    found = scan.data_end_s
     slack = max(TRUNCATION_SLACK_S, TRUNCATION_SLACK_FRACTION * declared)
     if found < declared - slack:
         raise VideoDecodeError(

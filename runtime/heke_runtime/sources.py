@@ -12,18 +12,23 @@ pass, to a file under the system's temporary folder (``tempfile.gettempdir()``, 
 - ``http://`` and ``https://`` URLs: downloaded byte for byte with :mod:`urllib` (proxies
   from the environment, redirects followed), so the copy is exactly the server's file and scores
   like it; a response shorter than its ``Content-Length`` is a dropped connection;
-- any other FFmpeg protocol URL (``rtmp://``, ``rtsp://``, ``srt://``...) and HLS playlists
-  (a URL whose path ends in ``.m3u8``): read through FFmpeg (PyAV) and re-muxed, video stream
-  only and packets untouched, into a Matroska file (timestamps rounded to milliseconds).
+- any other FFmpeg protocol URL that PyAV's FFmpeg reads (``rtmp://``, ``rtsp://``,
+  ``tcp://``...; PyAV's wheels have no ``srt://``) and HLS playlists (a URL whose path ends
+  in ``.m3u8``): read through FFmpeg (PyAV) and re-muxed, video stream only and packets
+  untouched, into a Matroska file (timestamps rounded to milliseconds).
 
 Each read waits at most ``stall_s`` seconds for data (the socket timeout, FFmpeg's
 ``rw_timeout``), FFmpeg's reconnect options are off: a stall or a dropped connection is an
-error, never a hang or a silently shorter video. Errors name the input as the user typed it
-(the URL, or ``-``), as does the record's ``path``.
+error, never a hang or a silently shorter video. The one exception is a live protocol
+(RTMP, RTSP, TCP): it carries no length, and its stream ends when the server closes the
+connection, so that close ends the copy, with a warning in the record saying a connection
+dropped early would look the same. Errors name the input as the user typed it (the URL, or
+``-``), as does the record's ``path``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -33,10 +38,11 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from heke_runtime.errors import HekeError, VideoDecodeError, reason_of
 
@@ -46,6 +52,8 @@ CHUNK = 1 << 20
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 _HTTP = ("http", "https")
 _PLAYLIST_SUFFIXES = (".m3u8",)
+# How FFmpeg reports a connection the server closed: the end of a live stream.
+_CLOSED = (errno.EIO, errno.ECONNRESET, errno.EPIPE)
 
 
 def is_url(text: str) -> bool:
@@ -151,7 +159,7 @@ def _spool_http(url: str, dest: Path, stall_s: float) -> None:
     got = 0
     with response, dest.open("wb") as out:
         try:
-            while chunk := response.read(CHUNK):
+            while chunk := response.read1(CHUNK):  # what came, not a full chunk
                 out.write(chunk)
                 got += len(chunk)
         except TimeoutError as exc:
@@ -185,16 +193,53 @@ def _remux(url: str, dest: Path, stall_s: float) -> None:
         with av.open(url, container_options=options, metadata_errors="ignore") as source:
             if not source.streams.video:
                 raise VideoDecodeError(f"{url}: no video stream")
-            stream = source.streams.video[0]
             with av.open(str(dest), "w", format="matroska") as out:
-                copy = out.add_stream_from_template(stream)
-                for packet in source.demux(stream):
-                    if packet.dts is None:
-                        continue  # the flush packet demux() ends with
-                    packet.stream = copy
-                    out.mux(packet)
-    except (av.FFmpegError, OSError) as exc:
+                copied = _copy_packets(url, source, out, stall_s)
+    except av.ProtocolNotFoundError as exc:
+        scheme = urllib.parse.urlsplit(url).scheme
+        raise VideoDecodeError(
+            f"{url}: this FFmpeg (PyAV's build) cannot read {scheme}:// (protocol not found)"
+        ) from exc
+    except av.FFmpegError as exc:
+        if exc.errno == errno.ETIMEDOUT:
+            raise VideoDecodeError(f"{url}: no data for {stall_s:g} s (network stall)") from exc
         raise VideoDecodeError(f"{url}: cannot read: {reason_of(exc)}") from exc
+    except OSError as exc:
+        raise VideoDecodeError(f"{url}: cannot read: {reason_of(exc)}") from exc
+    if not _is_playlist(url):
+        warnings.warn(
+            f"{url}: the stream ended after {copied} video packets, when the server closed "
+            "the connection; a live protocol carries no length, so a connection dropped early "
+            "cannot be told from the stream's end",
+            stacklevel=2,
+        )
+
+
+def _copy_packets(url: str, source: Any, out: Any, stall_s: float) -> int:
+    """Copy until the end of the stream; the count of video packets copied. A live protocol
+    (RTMP, RTSP, TCP...) ends when the server closes the connection, which FFmpeg reports as
+    an end of file or, for RTMP, as an I/O error after the last packet: once packets have
+    come, that error ends the copy too. A stall is always an error."""
+    import av
+
+    stream = source.streams.video[0]
+    copy = out.add_stream_from_template(stream)
+    copied = 0
+    try:
+        for packet in source.demux(stream):
+            if packet.dts is None:
+                continue  # the flush packet demux() ends with
+            packet.stream = copy
+            out.mux(packet)
+            copied += 1
+    except av.FFmpegError as exc:
+        if exc.errno == errno.ETIMEDOUT:
+            raise VideoDecodeError(
+                f"{url}: no data for {stall_s:g} s after {copied} video packets (network stall)"
+            ) from exc
+        if exc.errno not in _CLOSED or not copied or _is_playlist(url):
+            raise
+    return copied
 
 
 def _size(count: int) -> str:

@@ -1,0 +1,192 @@
+"""``heke-run`` on live protocols, served on 127.0.0.1 by a real FFmpeg in listen mode (RTMP,
+MPEG-TS over TCP), and on network stalls: a server that sends half a video, then nothing.
+
+A live protocol carries no length: its stream ends when the server closes the connection,
+which FFmpeg reports as an I/O error after the last packet. Such a video must score exactly
+like the file served, with a warning saying so; a stall must be an error naming the input.
+
+The FFmpeg command-line tool is the server (PyAV cannot listen for RTMP): without it these
+tests skip, except under ``CI`` (``.ci/run`` installs it), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from heke_runtime.errors import VideoDecodeError
+from heke_runtime.results import read_records
+from heke_runtime.sources import local_copy
+from tests.test_backends import tiny_engine
+from tests.test_sources import free_port, no_proxy, run  # noqa: F401 (no_proxy: autouse)
+from tests.videos import make_video
+
+STALL_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    return str(tiny_engine("r2p1d_HEKE_4"))
+
+
+@pytest.fixture(scope="module")
+def ffmpeg() -> str:
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("CI is set but the ffmpeg tool is missing; .ci/run installs it")
+    pytest.skip("no ffmpeg tool to serve RTMP; CI=true makes this a failure")
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    path = tmp_path / "clip.mkv"
+    make_video(path, codec="libx264", frames=30, size=(48, 32))
+    return path
+
+
+def listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:``port`` (read from the kernel: a probing
+    connection would be taken as the server's one client)."""
+    wanted = f"0100007F:{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(line.split()[1] == wanted and line.split()[3] == "0A" for line in lines):
+            return True
+    return False
+
+
+@contextmanager
+def ffmpeg_serving(ffmpeg: str, video: Path, fmt: str, url: str, port: int) -> Iterator[None]:
+    """FFmpeg serving ``video``'s packets once, as ``fmt``, to the first client of ``url``."""
+    command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(video), "-c", "copy"]
+    command += ["-f", fmt, *(["-listen", "1"] if url.startswith("rtmp") else []), url]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port):
+            if server.poll() is not None:
+                pytest.fail(f"ffmpeg did not serve {url}: {server.stderr.read()}")  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"ffmpeg never listened on {url}"
+            time.sleep(0.05)
+        yield
+        server.wait(timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "scheme"),
+    [("flv", "rtmp://127.0.0.1:{port}/live/clip"), ("mpegts", "tcp://127.0.0.1:{port}")],
+)
+def test_a_live_stream_scores_like_the_file_served(
+    tmp_path, capsys, engine, ffmpeg, clip, fmt, scheme
+):
+    port = free_port()
+    url = scheme.format(port=port)
+    served = url + "?listen=1" if url.startswith("tcp") else url
+    out = tmp_path / "r.jsonl"
+    with ffmpeg_serving(ffmpeg, clip, fmt, served, port):
+        code, _, err = run(capsys, clip, url, "-e", engine, "-o", out)
+    assert code == 0, err
+    file_record, live_record = read_records(out)
+    assert live_record["path"] == url
+    assert live_record["status"] == "ok", live_record.get("error")
+    assert live_record["scores"] == file_record["scores"]  # the same packets, re-muxed
+    assert live_record["video"]["num_frames"] == 30
+    ended = f"{url}: the stream ended after 30 video packets, when the server closed the"
+    assert any(w.startswith(ended) for w in live_record["warnings"]), live_record["warnings"]
+    others = [w for w in live_record["warnings"] if not w.startswith(ended)]
+    assert others == file_record["warnings"]  # the clip's own: 30 frames is short
+
+
+@contextmanager
+def stalling_server(payload: bytes) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that sends ``payload`` to each client, then holds the
+    connection open, silent, until the block ends."""
+    done = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            client.sendall(payload)
+            threading.Thread(target=lambda c=client: (done.wait(), c.close()), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        listener.close()
+
+
+def http_head(size: int) -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode()
+
+
+def test_a_stall_is_an_error_naming_the_url(tmp_path, clip):
+    # Long enough that FFmpeg's probing ends before the stall, which comes mid-stream.
+    long = make_video(tmp_path / "long.ts", codec="libx264", frames=300, size=(160, 120))
+    data = long.read_bytes()
+    with stalling_server(data[: len(data) // 2]) as port:
+        url = f"tcp://127.0.0.1:{port}"
+        with pytest.raises(VideoDecodeError) as raised, local_copy(url, stall_s=STALL_S):
+            pass
+    assert str(raised.value).startswith(f"{url}: no data for 1 s after ")
+    assert str(raised.value).endswith(" video packets (network stall)")
+
+    body = clip.read_bytes()
+    with stalling_server(http_head(len(body)) + body[: len(body) // 2]) as port:
+        url = f"http://127.0.0.1:{port}/clip.mkv"
+        with pytest.raises(VideoDecodeError) as raised, local_copy(url, stall_s=STALL_S):
+            pass
+    assert len(body) // 2 < 100_000  # so the count reads in bytes
+    assert (
+        str(raised.value) == f"{url}: no data for 1 s after {len(body) // 2} bytes (network stall)"
+    )
+
+
+def test_a_stalled_input_fails_alone(tmp_path, capsys, engine, clip):
+    body = clip.read_bytes()
+    out = tmp_path / "r.jsonl"
+    with stalling_server(http_head(len(body)) + body[:100]) as port:
+        url = f"http://127.0.0.1:{port}/clip.mkv"
+        code, _, err = run(capsys, url, clip, "-e", engine, "-o", out, "--timeout", "2")
+    assert code == 1, err
+    stalled, good = read_records(out)
+    assert stalled["status"] == "error"
+    assert stalled["error"].startswith(
+        ("no data for 2 s after 100 bytes (network stall)", "timed out")
+    )
+    assert f"FAILED {url}: {stalled['error']}" in err
+    assert good["status"] == "ok", good.get("error")
+
+
+def test_a_protocol_ffmpeg_lacks_is_named(tmp_path, capsys, engine, clip):
+    out = tmp_path / "r.jsonl"
+    url = "nosuch://127.0.0.1/clip"
+    code, _, err = run(capsys, url, clip, "-e", engine, "-o", out)
+    assert code == 1
+    missing, good = read_records(out)
+    reason = "this FFmpeg (PyAV's build) cannot read nosuch:// (protocol not found)"
+    assert missing["error"] == reason
+    assert f"FAILED {url}: {reason}" in err
+    assert good["status"] == "ok"
