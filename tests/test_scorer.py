@@ -250,6 +250,7 @@ def test_options_are_checked_at_their_bounds_and_kept(tmp_path):
         "num_snippets": (1, "num_snippets must be at least 2, got 1"),
         "batch_size": (0, "batch_size must be at least 1, got 0"),
         "timeout": (0, "timeout must be more than 0 seconds (or None), got 0"),
+        "stream_seconds": (0, "stream_seconds must be more than 0 (or None), got 0"),
     }
     for option, (value, message) in refused.items():
         with pytest.raises(ScorerError) as caught:

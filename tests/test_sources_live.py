@@ -70,10 +70,15 @@ def listening(port: int) -> bool:
 
 
 @contextmanager
-def ffmpeg_serving(ffmpeg: str, video: Path, fmt: str, url: str, port: int) -> Iterator[None]:
-    """FFmpeg serving ``video``'s packets once, as ``fmt``, to the first client of ``url``."""
-    command = [ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(video), "-c", "copy"]
-    command += ["-f", fmt, *(["-listen", "1"] if url.startswith("rtmp") else []), url]
+def ffmpeg_serving(
+    ffmpeg: str, video: Path, fmt: str, url: str, port: int, *, endless: bool = False
+) -> Iterator[None]:
+    """FFmpeg serving ``video``'s packets once, as ``fmt``, to the first client of ``url``;
+    ``endless``: looped forever at the video's own pace, as a live stream."""
+    command = [ffmpeg, "-hide_banner", "-loglevel", "error"]
+    command += ["-stream_loop", "-1", "-re"] if endless else []
+    command += ["-i", str(video), "-c", "copy", "-f", fmt]
+    command += [*(["-listen", "1"] if url.startswith("rtmp") else []), url]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -83,7 +88,8 @@ def ffmpeg_serving(ffmpeg: str, video: Path, fmt: str, url: str, port: int) -> I
             assert time.monotonic() < deadline, f"ffmpeg never listened on {url}"
             time.sleep(0.05)
         yield
-        server.wait(timeout=60)
+        if not endless:
+            server.wait(timeout=60)
     finally:
         server.kill()
         server.wait()
@@ -112,6 +118,32 @@ def test_a_live_stream_scores_like_the_file_served(
     assert any(w.startswith(ended) for w in live_record["warnings"]), live_record["warnings"]
     others = [w for w in live_record["warnings"] if not w.startswith(ended)]
     assert others == file_record["warnings"]  # the clip's own: 30 frames is short
+
+
+def test_stream_seconds_scores_the_start_of_a_stream_that_never_ends(
+    tmp_path, capsys, engine, ffmpeg, clip
+):
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/clip"
+    out = tmp_path / "r.jsonl"
+    with ffmpeg_serving(ffmpeg, clip, "flv", url, port, endless=True):
+        options = ("--stream-seconds", "2", "--timeout", "60")  # unplumbed: fails, not hangs
+        code, _, err = run(capsys, url, "-e", engine, "-o", out, *options)
+    assert code == 0, err
+    (record,) = read_records(out)
+    assert record["status"] == "ok", record.get("error")
+    # 2 s at the clip's 25 fps, across the loop's seam (FFmpeg keeps timestamps rising).
+    assert record["video"]["num_frames"] == 50
+    read = f"{url}: read the stream's first 2 s (50 video packets), as --stream-seconds asks"
+    assert any(w.startswith(read) for w in record["warnings"]), record["warnings"]
+    assert not any("server closed" in w for w in record["warnings"])
+
+
+def test_stream_seconds_must_be_positive(capsys, engine, clip):
+    for bad in ("0", "-1", "nan"):
+        code, _, err = run(capsys, clip, "-e", engine, "--stream-seconds", bad)
+        assert code == 2
+        assert f"--stream-seconds {float(bad):g}: expected seconds, more than 0" in err
 
 
 @contextmanager

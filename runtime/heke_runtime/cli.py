@@ -229,6 +229,16 @@ def run(
             help=f"{TIMEOUT_HELP} Needs the pipeline (--workers 1 or more).",
         ),
     ] = None,
+    stream_seconds: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            show_default=False,
+            help="Read at most this many seconds of a stream read through FFmpeg (rtmp://, "
+            "rtsp://, tcp://, .m3u8), then score it: a live stream may never end. Default: "
+            "to its end. Files, http(s) downloads and standard input are read whole.",
+        ),
+    ] = None,
     on_damage: Annotated[str, typer.Option(metavar="fail|conceal", help=ON_DAMAGE_HELP)] = "fail",
     hdr: Annotated[str, typer.Option(metavar="tonemap|as-is", help=HDR_HELP)] = DEFAULT_HDR,
     threads: Annotated[
@@ -266,6 +276,8 @@ def run(
     if per_snippet is not None:
         _check_per_snippet(per_snippet)
     common.check_timeout(PROG, timeout)
+    if stream_seconds is not None and not stream_seconds > 0:
+        usage_error(f"--stream-seconds {stream_seconds:g}: expected seconds, more than 0")
     if timeout is not None and workers == 0:  # decoding in this thread cannot be given up on
         usage_error("--timeout needs the pipeline (--workers 1 or more)")
     if on_damage not in ("fail", "conceal"):
@@ -294,6 +306,7 @@ def run(
             timeout=timeout,
             on_damage=cast("OnDamage", on_damage),
             hdr=cast("HdrMode", hdr),
+            stream_seconds=stream_seconds,
         )
     except HekeError as exc:
         common.failure(PROG, exc)

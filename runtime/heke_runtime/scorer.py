@@ -89,6 +89,9 @@ class Scorer:
     ``hdr``: how a PQ/HLG video is read, ``"tonemap"`` (default, to SDR BT.709 by
     :mod:`heke_runtime.hdr`'s curve) or ``"as-is"``; either way its result carries
     ``video.transfer``/``primaries``/``hdr`` and an ``HDR video (...)`` warning.
+    ``stream_seconds`` reads at most that much of a stream read through FFmpeg (RTMP, RTSP,
+    TCP, HLS: :mod:`heke_runtime.sources`), so a live stream that never ends is scored on its
+    first seconds; files, downloads and standard input are read whole.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Scorer:
         backend_options: Mapping[str, Any] | None = None,
         on_damage: OnDamage = "fail",
         hdr: HdrMode = DEFAULT_HDR,
+        stream_seconds: float | None = None,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ScorerError(f"batch_size must be at least 1, got {batch_size}")
@@ -115,6 +119,8 @@ class Scorer:
             raise ScorerError(f"workers must be 0 (no pipeline) or more, got {workers}")
         if timeout is not None and not timeout > 0:
             raise ScorerError(f"timeout must be more than 0 seconds (or None), got {timeout}")
+        if stream_seconds is not None and not stream_seconds > 0:
+            raise ScorerError(f"stream_seconds must be more than 0 (or None), got {stream_seconds}")
         if num_snippets is not None and num_snippets < 2:
             raise ScorerError(f"num_snippets must be at least 2, got {num_snippets}")
         if on_damage not in ("fail", "conceal"):
@@ -137,6 +143,7 @@ class Scorer:
         self.timeout = timeout
         self.on_damage: OnDamage = on_damage
         self.hdr: HdrMode = hdr
+        self.stream_seconds = stream_seconds
         self.regressor = self._load_regressor(regressor)
         self.last_stats: PipelineStats | None = None  # of the last pipelined score_many
         self._open = False
@@ -232,6 +239,7 @@ class Scorer:
             self.size,
             on_damage=self.on_damage,
             stall_s=self.timeout,
+            stream_s=self.stream_seconds,
             hdr=self.hdr,
             name=name,
         )
@@ -347,6 +355,7 @@ def decode_video(
     sums_only: bool = False,
     on_damage: OnDamage = "fail",
     stall_s: float | None = None,
+    stream_s: float | None = None,
     hdr: HdrMode = DEFAULT_HDR,
     name: str | None = None,
 ) -> DecodedVideo:
@@ -354,7 +363,8 @@ def decode_video(
 
     ``path`` may be a URL or ``-`` (standard input): such inputs are copied to a temporary
     file first (:mod:`heke_runtime.sources`; ``stall_s`` bounds each network read, default
-    :data:`heke_runtime.sources.NETWORK_STALL_S`); the result names ``path`` as given, or
+    :data:`heke_runtime.sources.NETWORK_STALL_S`, and ``stream_s`` the seconds read of a
+    stream); the result names ``path`` as given, or
     ``name`` (heke-serve: an upload's file name, never its temporary file).
 
     ``sums_only`` stops at the integer block sums (``inputs == {"sums": ...}``, see
@@ -366,7 +376,10 @@ def decode_video(
 
     source = str(path)
     shown = source if name is None else name
-    with captured_warnings() as caught, local_copy(source, stall_s=stall_s) as local:
+    with (
+        captured_warnings() as caught,
+        local_copy(source, stall_s=stall_s, stream_s=stream_s) as local,
+    ):
         if sums_only:
             sums, info, plan = load_sums(
                 local, num_snippets, size=size, model=model, on_damage=on_damage, hdr=hdr

@@ -73,10 +73,13 @@ def is_stream(text: str) -> bool:
 
 
 @contextmanager
-def local_copy(source: str, *, stall_s: float | None = None) -> Iterator[str]:
+def local_copy(
+    source: str, *, stall_s: float | None = None, stream_s: float | None = None
+) -> Iterator[str]:
     """A local path holding ``source``: the path itself for a regular file, otherwise a
-    temporary copy (module docstring), deleted on exit. Errors raised inside the block that
-    name the copy are raised again naming ``source``."""
+    temporary copy (module docstring), deleted on exit. ``stream_s``: read at most that many
+    seconds of a stream read through FFmpeg (a live one may never end). Errors raised inside
+    the block that name the copy are raised again naming ``source``."""
     if not is_stream(source):
         yield source
         return
@@ -85,7 +88,7 @@ def local_copy(source: str, *, stall_s: float | None = None) -> Iterator[str]:
     handle, name = tempfile.mkstemp(prefix="heke-input-", suffix=_safe_suffix(suffix))
     os.close(handle)
     try:
-        _spool(source, Path(name), stall)
+        _spool(source, Path(name), stall, stream_s)
         try:
             yield name
         except HekeError as exc:
@@ -111,14 +114,14 @@ def _renamed(exc: HekeError, name: str, source: str) -> HekeError:
         return VideoDecodeError(text)
 
 
-def _spool(source: str, dest: Path, stall_s: float) -> None:
+def _spool(source: str, dest: Path, stall_s: float, stream_s: float | None) -> None:
     scheme = urllib.parse.urlsplit(source).scheme.lower() if is_url(source) else ""
     if not scheme:
         _spool_pipe(source, dest)
     elif scheme in _HTTP and not _is_playlist(source):
         _spool_http(source, dest, stall_s)
     else:
-        _remux(source, dest, stall_s)
+        _remux(source, dest, stall_s, stream_s)
 
 
 def _is_playlist(url: str) -> bool:
@@ -179,7 +182,7 @@ def _spool_http(url: str, dest: Path, stall_s: float) -> None:
         raise VideoDecodeError(f"{url}: the server sent no data")
 
 
-def _remux(url: str, dest: Path, stall_s: float) -> None:
+def _remux(url: str, dest: Path, stall_s: float, stream_s: float | None = None) -> None:
     """Copy the video stream's packets of an FFmpeg protocol URL into a Matroska file."""
     import av  # PyAV loads on first use only
 
@@ -194,7 +197,7 @@ def _remux(url: str, dest: Path, stall_s: float) -> None:
             if not source.streams.video:
                 raise VideoDecodeError(f"{url}: no video stream")
             with av.open(str(dest), "w", format="matroska") as out:
-                copied = _copy_packets(url, source, out, stall_s)
+                copied, cut = _copy_packets(url, source, out, stall_s, stream_s)
     except av.ProtocolNotFoundError as exc:
         scheme = urllib.parse.urlsplit(url).scheme
         raise VideoDecodeError(
@@ -206,7 +209,13 @@ def _remux(url: str, dest: Path, stall_s: float) -> None:
         raise VideoDecodeError(f"{url}: cannot read: {reason_of(exc)}") from exc
     except OSError as exc:
         raise VideoDecodeError(f"{url}: cannot read: {reason_of(exc)}") from exc
-    if not _is_playlist(url):
+    if cut:
+        warnings.warn(
+            f"{url}: read the stream's first {stream_s:g} s ({copied} video packets), as "
+            "--stream-seconds asks; the rest was not read",
+            stacklevel=2,
+        )
+    elif not _is_playlist(url):
         warnings.warn(
             f"{url}: the stream ended after {copied} video packets, when the server closed "
             "the connection; a live protocol carries no length, so a connection dropped early "
@@ -215,8 +224,12 @@ def _remux(url: str, dest: Path, stall_s: float) -> None:
         )
 
 
-def _copy_packets(url: str, source: Any, out: Any, stall_s: float) -> int:
-    """Copy until the end of the stream; the count of video packets copied. A live protocol
+def _copy_packets(
+    url: str, source: Any, out: Any, stall_s: float, stream_s: float | None
+) -> tuple[int, bool]:
+    """Copy until the end of the stream, or until a packet's decoding time is ``stream_s``
+    past the first's: the count of video packets copied, and whether ``stream_s`` cut the
+    stream. Cutting in decoding order keeps every copied frame decodable. A live protocol
     (RTMP, RTSP, TCP...) ends when the server closes the connection, which FFmpeg reports as
     an end of file or, for RTMP, as an I/O error after the last packet: once packets have
     come, that error ends the copy too. A stall is always an error."""
@@ -224,11 +237,14 @@ def _copy_packets(url: str, source: Any, out: Any, stall_s: float) -> int:
 
     stream = source.streams.video[0]
     copy = out.add_stream_from_template(stream)
-    copied = 0
+    copied, first = 0, None
     try:
         for packet in source.demux(stream):
             if packet.dts is None:
                 continue  # the flush packet demux() ends with
+            first = packet.dts if first is None else first
+            if stream_s is not None and (packet.dts - first) * packet.time_base >= stream_s:
+                return copied, True
             packet.stream = copy
             out.mux(packet)
             copied += 1
@@ -239,7 +255,7 @@ def _copy_packets(url: str, source: Any, out: Any, stall_s: float) -> int:
             ) from exc
         if exc.errno not in _CLOSED or not copied or _is_playlist(url):
             raise
-    return copied
+    return copied, False
 
 
 def _size(count: int) -> str:
