@@ -3,6 +3,7 @@ blind scores, timestamps, regressor, and failures that never stop a batch."""
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import av
@@ -193,7 +194,8 @@ def _zeros(feature_dim):
 def test_batch_size_defaults_to_the_backends_choice():
     engine = tiny_engine("r2p1d_HEKE_4")
     assert Scorer(engine).batch_size == 1  # ONNX Runtime on CPU
-    assert Scorer(engine, backend="onnxruntime-cuda").batch_size == DEFAULT_BATCH_SIZE
+    gpu = Scorer(engine, backend="onnxruntime-cuda")  # states no preference
+    assert gpu.batch_size == DEFAULT_BATCH_SIZE == 4  # the 4 that README and --help state
     assert Scorer(engine, batch_size=3).batch_size == 3
 
 
@@ -329,3 +331,26 @@ def test_decoded_video_info_names_the_input_as_shown(tmp_path):
     decoded = decode_video(video, "r2p1d_HEKE_4", 12, None, name="upload.mp4")
     assert decoded.path == decoded.info.path == "upload.mp4"
     assert decode_video(video, "r2p1d_HEKE_4", 12, None).info.path == str(video)
+
+
+def test_the_record_times_its_own_scoring(tmp_path):
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    scorer = Scorer(tiny_engine("r2p1d_HEKE_4"))
+    before = time.perf_counter()
+    result = scorer.score(video)
+    wall = time.perf_counter() - before
+    assert 0 < result.elapsed_s <= wall  # seconds this video took, not a clock reading
+
+
+def test_a_list_reads_on_past_a_url_and_names_each_video_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"named, not read")
+    listing = tmp_path / "list.txt"
+    listing.write_text("https://host/clip.mp4\nb.mp4\n")
+    found = expand_inputs(["a.mp4", str(tmp_path / "a.mp4"), "./a.mp4", str(listing)])
+    assert [(i.path, i.error) for i in found] == [
+        ("a.mp4", None),  # the same file named three ways is scored once
+        ("https://host/clip.mp4", None),
+        (str(tmp_path / "b.mp4"), None),
+    ]
