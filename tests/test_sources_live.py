@@ -26,6 +26,7 @@ import pytest
 from heke_runtime.errors import VideoDecodeError
 from heke_runtime.results import read_records
 from heke_runtime.sources import local_copy
+from tests.rtsp_server import RtspServer
 from tests.test_backends import tiny_engine
 from tests.test_sources import free_port, no_proxy, run  # noqa: F401 (no_proxy: autouse)
 from tests.videos import make_video
@@ -118,6 +119,23 @@ def test_a_live_stream_scores_like_the_file_served(
     assert any(w.startswith(ended) for w in live_record["warnings"]), live_record["warnings"]
     others = [w for w in live_record["warnings"] if not w.startswith(ended)]
     assert others == file_record["warnings"]  # the clip's own: 30 frames is short
+
+
+def test_rtsp_scores_like_the_file_served(tmp_path, capsys, engine, ffmpeg, clip):
+    # FFmpeg gives RTSP's first packets no timestamps (the keyframe has neither pts nor dts):
+    # they are stamped, not dropped, or the first frames would not decode.
+    server = RtspServer(ffmpeg, clip)
+    out = tmp_path / "r.jsonl"
+    try:
+        code, _, err = run(capsys, clip, server.url, "-e", engine, "-o", out)
+    finally:
+        server.close()
+    assert code == 0, err
+    assert server.methods == ["OPTIONS", "DESCRIBE", "SETUP", "SETUP", "PLAY"]  # UDP refused
+    file_record, rtsp_record = read_records(out)
+    assert rtsp_record["status"] == "ok", rtsp_record.get("error")
+    assert rtsp_record["video"]["num_frames"] == 30
+    assert rtsp_record["scores"] == file_record["scores"]  # the same frames
 
 
 def test_stream_seconds_scores_the_start_of_a_stream_that_never_ends(

@@ -15,7 +15,8 @@ pass, to a file under the system's temporary folder (``tempfile.gettempdir()``, 
 - any other FFmpeg protocol URL that PyAV's FFmpeg reads (``rtmp://``, ``rtsp://``,
   ``tcp://``...; PyAV's wheels have no ``srt://``) and HLS playlists (a URL whose path ends
   in ``.m3u8``): read through FFmpeg (PyAV) and re-muxed, video stream only and packets
-  untouched, into a Matroska file (timestamps rounded to milliseconds).
+  untouched, into a Matroska file (timestamps rounded to milliseconds; packets FFmpeg gives
+  without timestamps, as RTSP's first ones, are given some: :class:`_Stamps`).
 
 Each read waits at most ``stall_s`` seconds for data (the socket timeout, FFmpeg's
 ``rw_timeout``), FFmpeg's reconnect options are off: a stall or a dropped connection is an
@@ -237,17 +238,19 @@ def _copy_packets(
 
     stream = source.streams.video[0]
     copy = out.add_stream_from_template(stream)
+    stamps = _Stamps(stream)
     copied, first = 0, None
     try:
         for packet in source.demux(stream):
-            if packet.dts is None:
+            if not packet.size:
                 continue  # the flush packet demux() ends with
-            first = packet.dts if first is None else first
-            if stream_s is not None and (packet.dts - first) * packet.time_base >= stream_s:
-                return copied, True
-            packet.stream = copy
-            out.mux(packet)
-            copied += 1
+            for ready in stamps.given(packet):
+                first = ready.dts if first is None else first
+                if stream_s is not None and (ready.dts - first) * ready.time_base >= stream_s:
+                    return copied, True
+                ready.stream = copy
+                out.mux(ready)
+                copied += 1
     except av.FFmpegError as exc:
         if exc.errno == errno.ETIMEDOUT:
             raise VideoDecodeError(
@@ -256,6 +259,38 @@ def _copy_packets(
         if exc.errno not in _CLOSED or not copied or _is_playlist(url):
             raise
     return copied, False
+
+
+class _Stamps:
+    """Timestamps for packets that come without: RTSP's first packets arrive before FFmpeg
+    knows the stream's timing (H.264 over RTP: the keyframe has no pts and no dts, the two
+    after it no dts), and a muxer refuses them while the decoder needs them all. They are
+    held until a packet with a dts comes, then given dts one frame apart back from it (the
+    frame rate's step); a pts left unset is the dts, which keeps the keyframe first. A dts
+    that would not rise is moved one tick past the last, as the muxer requires."""
+
+    def __init__(self, stream: Any) -> None:
+        rate = stream.average_rate or stream.guessed_rate
+        step = 1 / (rate * stream.time_base) if rate and stream.time_base else 1
+        self.step = max(1, round(step))
+        self.held: list[Any] = []
+        self.last: int | None = None
+
+    def given(self, packet: Any) -> list[Any]:
+        """The packets ready to mux, in decoding order, now that ``packet`` came."""
+        if packet.dts is None and self.last is None:
+            self.held.append(packet)
+            return []
+        if packet.dts is None or (self.last is not None and packet.dts <= self.last):
+            packet.dts = (self.last or 0) + (self.step if packet.dts is None else 1)
+        ready, self.held = [*self.held, packet], []
+        for back, early in enumerate(reversed(ready[:-1]), 1):
+            early.dts = packet.dts - back * self.step
+        for each in ready:
+            if each.pts is None:
+                each.pts = each.dts
+        self.last = packet.dts
+        return ready
 
 
 def _size(count: int) -> str:
