@@ -259,6 +259,7 @@ def test_options_are_checked_at_their_bounds_and_kept(tmp_path):
             Scorer(engine, **{option: value})
         assert str(caught.value) == message
     assert Scorer(engine, num_snippets=2).num_snippets == 2  # the authors' rule's least
+    assert Scorer(engine, batch_size=1).batch_size == 1
     assert Scorer(engine).workers == default_workers()
     video = make_video(tmp_path / "v.mp4", frames=30)
     for workers, pipelined in ((0, False), (2, True)):
@@ -354,3 +355,20 @@ def test_a_list_reads_on_past_a_url_and_names_each_video_once(tmp_path, monkeypa
         ("https://host/clip.mp4", None),
         (str(tmp_path / "b.mp4"), None),
     ]
+
+
+def test_arrays_are_kept_only_when_asked(tmp_path):
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    engine = tiny_engine("r2p1d_HEKE_4")
+    plain = Scorer(engine).score(video)
+    assert plain.heads is None and plain.features is None  # records stay small by default
+    kept = Scorer(engine, keep_arrays=True).score(video)
+    assert kept.heads is not None and kept.features is not None
+
+
+def test_a_glob_takes_only_video_files(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"named, not read")
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / "folder.mp4").mkdir()  # a folder named like a video
+    found = expand_inputs([str(tmp_path / "*")])
+    assert [(i.path, i.error) for i in found] == [(str(tmp_path / "clip.mp4"), None)]
