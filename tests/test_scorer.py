@@ -270,7 +270,7 @@ def test_options_are_checked_at_their_bounds_and_kept(tmp_path):
         scorer.close()
 
 
-def test_closing_releases_the_engine_and_twice_is_harmless():
+def test_closing_releases_the_engine_and_twice_is_harmless(tmp_path):
     scorer = Scorer(tiny_engine("r2p1d_HEKE_4"))
     assert not scorer.backend._loaded  # loaded on first use
     with scorer:
@@ -278,6 +278,10 @@ def test_closing_releases_the_engine_and_twice_is_harmless():
     assert not scorer.backend._loaded
     scorer.close()
     assert not scorer.backend._loaded
+    # A closed Scorer loads its engine again on next use.
+    assert scorer.score(make_video(tmp_path / "v.mp4", frames=30)).ok
+    assert scorer.backend._loaded
+    scorer.close()
 
 
 def test_a_glob_reaches_into_subfolders(tmp_path):
@@ -314,6 +318,7 @@ def test_the_record_describes_the_video_as_probed(tmp_path):
     assert described is not None
     assert (described.width, described.height, described.num_frames) == (96, 54, 50)
     assert described.codec == "h264" and described.fps == pytest.approx(25)
+    assert described.rotation == 0 and described.hdr is None  # upright, SDR
     assert described.duration_s == pytest.approx(2.0, abs=0.05)  # 50 frames at 25 fps
 
 
