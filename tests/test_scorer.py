@@ -247,14 +247,15 @@ def test_frames_travel_with_their_times_so_nothing_reopens_the_file(tmp_path):
 
 def test_options_are_checked_at_their_bounds_and_kept(tmp_path):
     engine = tiny_engine("r2p1d_HEKE_4")
-    refused = {
-        "workers": (-1, "workers must be 0 (no pipeline) or more, got -1"),
-        "num_snippets": (1, "num_snippets must be at least 2, got 1"),
-        "batch_size": (0, "batch_size must be at least 1, got 0"),
-        "timeout": (0, "timeout must be more than 0 seconds (or None), got 0"),
-        "stream_seconds": (0, "stream_seconds must be more than 0 (or None), got 0"),
-    }
-    for option, (value, message) in refused.items():
+    refused = [
+        ("workers", -1, "workers must be 0 (no pipeline) or more, got -1"),
+        ("num_snippets", 1, "num_snippets must be at least 2, got 1"),
+        ("batch_size", 0, "batch_size must be at least 1, got 0"),
+        ("timeout", 0, "timeout must be more than 0 seconds (or None), got 0"),
+        ("timeout", -1, "timeout must be more than 0 seconds (or None), got -1"),
+        ("stream_seconds", 0, "stream_seconds must be more than 0 (or None), got 0"),
+    ]
+    for option, value, message in refused:
         with pytest.raises(ScorerError) as caught:
             Scorer(engine, **{option: value})
         assert str(caught.value) == message
@@ -319,6 +320,7 @@ def test_the_record_describes_the_video_as_probed(tmp_path):
     assert (described.width, described.height, described.num_frames) == (96, 54, 50)
     assert described.codec == "h264" and described.fps == pytest.approx(25)
     assert described.rotation == 0 and described.hdr is None  # upright, SDR
+    assert described.pix_fmt == "yuv420p"
     assert described.duration_s == pytest.approx(2.0, abs=0.05)  # 50 frames at 25 fps
 
 
@@ -346,6 +348,20 @@ def test_the_record_times_its_own_scoring(tmp_path):
     result = scorer.score(video)
     wall = time.perf_counter() - before
     assert 0 < result.elapsed_s <= wall  # seconds this video took, not a clock reading
+    before = time.perf_counter()
+    failed = scorer.score(tmp_path / "missing.mp4")
+    wall = time.perf_counter() - before
+    assert failed.status == "error" and 0 < failed.elapsed_s <= wall  # failures too
+
+
+def test_an_engine_that_cannot_load_fails_each_video_with_the_reason(tmp_path):
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    # Built on CPU, this ONNX Runtime has no CUDA provider: loading fails, in score_many's
+    # pipeline path too, and every video gets an error record saying why; nothing raises.
+    scorer = Scorer(tiny_engine("r2p1d_HEKE_4"), backend="onnxruntime-cuda", workers=1)
+    results = list(scorer.score_many([video, video]))
+    assert [r.status for r in results] == ["error", "error"]
+    assert all("CUDAExecutionProvider is not in this build" in r.error for r in results)
 
 
 def test_a_list_reads_on_past_a_url_and_names_each_video_once(tmp_path, monkeypatch):
