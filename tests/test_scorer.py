@@ -3,6 +3,8 @@ blind scores, timestamps, regressor, and failures that never stop a batch."""
 
 from __future__ import annotations
 
+import io
+import sys
 import time
 import warnings
 
@@ -261,6 +263,8 @@ def test_options_are_checked_at_their_bounds_and_kept(tmp_path):
         assert str(caught.value) == message
     assert Scorer(engine, num_snippets=2).num_snippets == 2  # the authors' rule's least
     assert Scorer(engine, batch_size=1).batch_size == 1
+    readme = Scorer(engine, regressor=None, num_snippets=12)  # as README's Python API calls it
+    assert readme.regressor is None and readme.num_snippets == 12
     assert Scorer(engine).workers == default_workers()
     video = make_video(tmp_path / "v.mp4", frames=30)
     for workers, pipelined in ((0, False), (2, True)):
@@ -393,3 +397,10 @@ def test_a_glob_takes_only_video_files(tmp_path):
     (tmp_path / "folder.mp4").mkdir()  # a folder named like a video
     found = expand_inputs([str(tmp_path / "*")])
     assert [(i.path, i.error) for i in found] == [(str(tmp_path / "clip.mp4"), None)]
+
+
+def test_standard_input_decodes_under_its_own_name(tmp_path, monkeypatch):
+    video = make_video(tmp_path / "v.mp4", frames=30)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(video.open("rb")))
+    decoded = decode_video("-", "r2p1d_HEKE_4", 12, None)
+    assert decoded.path == decoded.info.path == "-"  # never the temporary copy's name
