@@ -47,6 +47,7 @@ class Bug:
 
 FR_TESTS = ("tests/test_fr_parity.py", "tests/test_fr_cli.py")
 SERVE_TESTS = ("tests/test_serve.py",)
+LIVE_TESTS = ("tests/test_sources_live.py",)
 
 BUGS = (
     Bug(
@@ -253,6 +254,30 @@ BUGS = (
         "        if self.state.draining:\n",
         "        if True:\n",
         SERVE_TESTS,
+    ),
+    Bug(
+        "live-close-fails",
+        "an RTMP stream that ends (the server closes: FFmpeg's I/O error) fails the video",
+        "runtime/heke_runtime/sources.py",
+        "        if exc.errno not in _CLOSED or not copied or _is_playlist(url):\n",
+        "        if True:\n",
+        LIVE_TESTS,
+    ),
+    Bug(
+        "rtsp-unstamped-dropped",
+        "RTSP's first packets, which come without timestamps, dropped (the keyframe with them)",
+        "runtime/heke_runtime/sources.py",
+        "            if not packet.size:\n",
+        "            if packet.dts is None:\n",
+        LIVE_TESTS,
+    ),
+    Bug(
+        "stream-seconds-dropped",
+        "heke-run --stream-seconds never reaches the stream's copy",
+        "runtime/heke_runtime/scorer.py",
+        "            stream_s=self.stream_seconds,\n",
+        "            stream_s=None,\n",
+        LIVE_TESTS,
     ),
 )
 
