@@ -245,10 +245,11 @@ def test_not_a_video_or_no_video_stream_is_422_with_heke_runs_reason(client, cli
 
 
 def test_missing_field_bad_query_and_bad_json_are_422(client, clips):
-    with open(clips / "allowed" / "a.mp4", "rb") as handle:
-        response = client.post("/v1/score", files={"file": ("a.mp4", handle)})
-    assert response.status_code == 422
-    assert response.json() == {"error": "the multipart upload has no 'video' field"}
+    for field in ("file", "videos"):  # named before and after 'video': neither is it
+        with open(clips / "allowed" / "a.mp4", "rb") as handle:
+            response = client.post("/v1/score", files={field: ("a.mp4", handle)})
+        assert response.status_code == 422, field
+        assert response.json() == {"error": "the multipart upload has no 'video' field"}
     response = upload(client, clips / "allowed" / "a.mp4", snippets=11)
     assert (response.status_code, response.json()["error"]) == (
         422,

@@ -4,10 +4,12 @@ option) and the defaults its help promises (the README's Serving section)."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
 from heke_serve.cli import main
+from heke_serve.ray_serve import SERVE_RAY_EXTRA
 from tests.test_backends import tiny_engine
 
 
@@ -37,6 +39,24 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
         (["-e", engine, "--batch-delay-ms", "-1"], "--batch-delay-ms"),
         (["-e", engine, "--max-batch", "0"], "--max-batch"),
         (["-e", engine, "--replicas", "0"], "--replicas"),
+        (["-e", engine, "--max-jobs", "0"], "--max-jobs"),
+        (["-e", engine, "--threads", "-1"], "--threads"),
+        # The least values are taken: parsing passes them, and the body's own check speaks.
+        (
+            [
+                "-e",
+                engine,
+                "--max-jobs",
+                "1",
+                "--replicas",
+                "1",
+                "--threads",
+                "0",
+                "--timeout",
+                "0",
+            ],
+            "--timeout 0: expected seconds, more than 0",
+        ),
     ]
     for args, message in cases:
         code, _, err = run(capsys, *args)
@@ -63,3 +83,15 @@ def test_help_states_the_defaults(capsys):
     ]:
         found = re.search(re.escape(option) + r" .*?\[default: ([^;\]]+)", text)
         assert found and found.group(1).strip() == default, (option, found and found.group(1))
+
+
+def test_ray_without_ray_serve_names_the_extra(capsys, engine, monkeypatch):
+    # Ray Serve is installed here: its import is made to fail as a missing package's does.
+    import ray
+
+    monkeypatch.setitem(sys.modules, "ray.serve", None)
+    monkeypatch.delattr(ray, "serve", raising=False)
+    code, _, err = run(capsys, "-e", engine, "--ray")
+    assert code == 2
+    assert "--ray needs Ray Serve (" in err and SERVE_RAY_EXTRA in err
+    assert len(err.strip().splitlines()) == 1
