@@ -10,6 +10,7 @@ import pytest
 
 from heke_serve.cli import main
 from heke_serve.ray_serve import SERVE_RAY_EXTRA
+from heke_serve.service import ServiceLimits
 from tests.test_backends import tiny_engine
 
 
@@ -22,6 +23,12 @@ def run(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+LEAST = (
+    *("--max-jobs", "1", "--replicas", "1", "--threads", "0", "--decode-workers", "1"),
+    *("--max-queue", "1", "--max-upload-mb", "0"),
+)
 
 
 def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
@@ -41,22 +48,11 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
         (["-e", engine, "--replicas", "0"], "--replicas"),
         (["-e", engine, "--max-jobs", "0"], "--max-jobs"),
         (["-e", engine, "--threads", "-1"], "--threads"),
+        (["-e", engine, "--decode-workers", "0"], "--decode-workers"),
+        (["-e", engine, "--max-queue", "0"], "--max-queue"),
+        (["-e", engine, "--max-upload-mb", "-1"], "--max-upload-mb"),
         # The least values are taken: parsing passes them, and the body's own check speaks.
-        (
-            [
-                "-e",
-                engine,
-                "--max-jobs",
-                "1",
-                "--replicas",
-                "1",
-                "--threads",
-                "0",
-                "--timeout",
-                "0",
-            ],
-            "--timeout 0: expected seconds, more than 0",
-        ),
+        (["-e", engine, *LEAST, "--timeout", "0"], "--timeout 0: expected seconds, more than 0"),
     ]
     for args, message in cases:
         code, _, err = run(capsys, *args)
@@ -83,6 +79,7 @@ def test_help_states_the_defaults(capsys):
     ]:
         found = re.search(re.escape(option) + r" .*?\[default: ([^;\]]+)", text)
         assert found and found.group(1).strip() == default, (option, found and found.group(1))
+    assert ServiceLimits(max_batch=4).timeout_s == 600.0  # the Python API's default: the same
 
 
 def test_ray_without_ray_serve_names_the_extra(capsys, engine, monkeypatch):
