@@ -4,6 +4,7 @@ option) and the defaults its help promises (the README's Serving section)."""
 from __future__ import annotations
 
 import re
+import socket
 import sys
 
 import pytest
@@ -27,7 +28,8 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 LEAST = (
     *("--max-jobs", "1", "--replicas", "1", "--threads", "0", "--decode-workers", "1"),
-    *("--max-queue", "1", "--max-upload-mb", "0"),
+    *("--max-queue", "1", "--max-upload-mb", "0", "--port", "0", "--job-ttl", "1"),
+    *("--drain-timeout", "0"),
 )
 
 
@@ -42,18 +44,19 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
         (["-e", engine, "--token-file", empty], "the file is empty"),
         (["-e", engine, "--token-file", tmp_path / "nope"], "--token-file"),
         (["-e", engine, "--allow-path", empty], "not a folder"),
-        (["-e", engine, "--port", "70000"], "--port"),
-        (["-e", engine, "--batch-delay-ms", "-1"], "--batch-delay-ms"),
-        (["-e", engine, "--max-batch", "0"], "--max-batch"),
-        (["-e", engine, "--replicas", "0"], "--replicas"),
-        (["-e", engine, "--max-jobs", "0"], "--max-jobs"),
-        (["-e", engine, "--threads", "-1"], "--threads"),
-        (["-e", engine, "--decode-workers", "0"], "--decode-workers"),
-        (["-e", engine, "--max-queue", "0"], "--max-queue"),
-        (["-e", engine, "--max-upload-mb", "-1"], "--max-upload-mb"),
         # The least values are taken: parsing passes them, and the body's own check speaks.
         (["-e", engine, *LEAST, "--timeout", "0"], "--timeout 0: expected seconds, more than 0"),
     ]
+    # Each bound refused by the parser, named in the line; "--timeout 0" after it makes a bound
+    # that lets the value through fail at once, on the body's check (another line), instead of
+    # starting a server.
+    bounds = [
+        *(("--port", "70000"), ("--port", "-1"), ("--batch-delay-ms", "-1")),
+        *(("--max-batch", "0"), ("--replicas", "0"), ("--max-jobs", "0"), ("--threads", "-1")),
+        *(("--decode-workers", "0"), ("--max-queue", "0"), ("--max-upload-mb", "-1")),
+        *(("--job-ttl", "0"), ("--drain-timeout", "-1")),
+    ]
+    cases += [(["-e", engine, *bound, "--timeout", "0"], bound[0]) for bound in bounds]
     for args, message in cases:
         code, _, err = run(capsys, *args)
         assert code == 2, (args, err)
@@ -91,4 +94,20 @@ def test_ray_without_ray_serve_names_the_extra(capsys, engine, monkeypatch):
     code, _, err = run(capsys, "-e", engine, "--ray")
     assert code == 2
     assert "--ray needs Ray Serve (" in err and SERVE_RAY_EXTRA in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_and_an_engine_that_does_not_open_are_one_line(capsys, engine, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "-e", engine, "--port", port)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"heke-serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an engine")
+    code, _, err = run(capsys, "-e", notes)
+    assert code == 1
+    assert err.startswith(f"heke-serve: error: {notes}: cannot tell the backend from the suffix")
     assert len(err.strip().splitlines()) == 1

@@ -7,7 +7,9 @@ new requests get 503, then the process exits), 1 the engine or a file cannot be 
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -247,13 +249,15 @@ def _say(line: str) -> None:
 
 def _run_server(api: FastAPI, host: str, port: int, drain_s: float) -> None:
     config = uvicorn.Config(api, host=host, port=port, log_level="info", access_log=False)
+    # The socket is heke's, not uvicorn.Config.bind_socket's, which logs its own line and
+    # exits when the port is taken. Listening from here on, as the line below says: a client
+    # that connects while the engine loads waits in the backlog instead of being refused.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = config.bind_socket()
-    except OSError as exc:
-        common.failure(PROG, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    # Listening from here on, as the line below says: a client that connects while the
-    # engine loads waits in the backlog instead of being refused.
-    sock.listen(config.backlog)
+        sock = socket.create_server((host, port), family=family, backlog=config.backlog)
+    except OSError as exc:  # create_server adds the address to strerror: the plain text
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        common.failure(PROG, f"cannot listen on {host}:{port}: {reason}")
     bound = sock.getsockname()[1]
     where = f"[{host}]" if ":" in host else host
     typer.echo(f"{PROG}: listening on http://{where}:{bound} (page /, API docs /docs)", err=True)
