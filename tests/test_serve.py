@@ -337,6 +337,15 @@ def test_of_two_video_parts_the_first_is_scored(client, clips, expected):
     assert_same_record(response.json(), expected[first.name], "first part: ")
 
 
+def test_a_part_with_more_headers_is_still_the_video(client, clips, expected):
+    # RFC 2045's Content-Description, after Content-Disposition: only that one names the part.
+    clip = clips / "allowed" / "a.mp4"
+    part = (clip.name, clip.read_bytes(), "video/mp4", {"Content-Description": "a clip"})
+    response = client.post("/v1/score", files={"video": part})
+    assert response.status_code == 200, response.text
+    assert_same_record(response.json(), expected[clip.name])
+
+
 def test_a_missing_or_wrong_token_is_401_and_probes_need_none(server, clips):
     for token in (None, "wrong"):
         with server.client(token) as c:
