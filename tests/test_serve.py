@@ -264,11 +264,12 @@ def test_missing_field_bad_query_and_bad_json_are_422(client, clips):
         headers={"content-type": "multipart/form-data; boundary=B"},
     )
     assert broken.status_code == 422 and broken.json()["error"].startswith("malformed multipart")
-    plain = client.post("/v1/score", content=b"a.mp4", headers={"content-type": "text/plain"})
-    assert (plain.status_code, plain.json()["error"]) == (
-        422,
-        "expected a multipart upload with a 'video' field",
-    )
+    for kind in ("text/plain", "multipart/mixed; boundary=B"):  # the second has a boundary
+        plain = client.post("/v1/score", content=b"--B--\r\n", headers={"content-type": kind})
+        assert (plain.status_code, plain.json()["error"]) == (
+            422,
+            "expected a multipart upload with a 'video' field",
+        ), kind
     bad = client.post("/v1/score", content=b"{", headers={"content-type": "application/json"})
     assert bad.status_code == 422 and "JSON body does not parse" in bad.json()["error"]
     assert client.post("/v1/score", json={"file": "a.mp4"}).status_code == 422

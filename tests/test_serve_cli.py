@@ -82,7 +82,9 @@ def test_help_states_the_defaults(capsys):
     ]:
         found = re.search(re.escape(option) + r" .*?\[default: ([^;\]]+)", text)
         assert found and found.group(1).strip() == default, (option, found and found.group(1))
-    assert ServiceLimits(max_batch=4).timeout_s == 600.0  # the Python API's default: the same
+    limits = ServiceLimits(max_batch=4)  # the Python API's defaults: the command's
+    assert (limits.timeout_s, limits.batch_delay_s) == (600.0, 0.005)
+    assert "[default: None]" not in text  # options without one say what happens instead
 
 
 def test_ray_without_ray_serve_names_the_extra(capsys, engine, monkeypatch):
