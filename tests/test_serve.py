@@ -264,7 +264,10 @@ def test_missing_field_bad_query_and_bad_json_are_422(client, clips):
         headers={"content-type": "multipart/form-data; boundary=B"},
     )
     assert broken.status_code == 422 and broken.json()["error"].startswith("malformed multipart")
-    for kind in ("text/plain", "multipart/mixed; boundary=B"):  # the second has a boundary
+    for kind in (
+        "text/plain",
+        *(f"multipart/{sub}; boundary=B" for sub in ("mixed", "alternative")),
+    ):
         plain = client.post("/v1/score", content=b"--B--\r\n", headers={"content-type": kind})
         assert (plain.status_code, plain.json()["error"]) == (
             422,
