@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +156,23 @@ def test_stream_seconds_scores_the_start_of_a_stream_that_never_ends(
     read = f"{url}: read the stream's first 2 s (50 video packets), as --stream-seconds asks"
     assert any(w.startswith(read) for w in record["warnings"]), record["warnings"]
     assert not any("server closed" in w for w in record["warnings"])
+
+
+def test_a_stream_given_up_on_leaves_no_copy_behind(tmp_path, engine, ffmpeg, clip):
+    # Without --stream-seconds an endless feed outlives --timeout: the pipeline gives up on
+    # it while its decode thread still copies, and the run's exit removes that copy.
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/clip"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    command = [sys.executable, "-m", "heke_runtime.cli", url, "-e", engine, "--timeout", "2"]
+    with ffmpeg_serving(ffmpeg, clip, "flv", url, port, endless=True):
+        done = subprocess.run(
+            command, env={**os.environ, "TMPDIR": str(spool)}, capture_output=True, text=True
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"FAILED {url}: " in done.stderr
+    assert list(spool.glob("heke-input-*")) == []  # (other libraries write there too)
 
 
 def test_stream_seconds_must_be_positive(capsys, engine, clip):

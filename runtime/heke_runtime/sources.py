@@ -29,6 +29,7 @@ dropped early would look the same. Errors name the input as the user typed it (t
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import re
@@ -88,6 +89,7 @@ def local_copy(
     suffix = Path(urllib.parse.urlsplit(source).path).suffix if is_url(source) else ""
     handle, name = tempfile.mkstemp(prefix="heke-input-", suffix=_safe_suffix(suffix))
     os.close(handle)
+    _IN_USE.add(name)
     try:
         _spool(source, Path(name), stall, stream_s)
         try:
@@ -98,6 +100,18 @@ def local_copy(
             raise _renamed(exc, name, source) from exc
     finally:
         Path(name).unlink(missing_ok=True)
+        _IN_USE.discard(name)
+
+
+def _remove_copies_in_use() -> None:
+    # A decode the pipeline gave up on (--timeout) may still be copying an endless stream
+    # when the run ends; its thread never reaches the finally above, so the exit removes it.
+    for name in list(_IN_USE):
+        Path(name).unlink(missing_ok=True)
+
+
+_IN_USE: set[str] = set()  # temporary copies not yet deleted
+atexit.register(_remove_copies_in_use)
 
 
 def _safe_suffix(suffix: str) -> str:
