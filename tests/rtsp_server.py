@@ -51,7 +51,7 @@ class RtspServer:
             client, _ = self.listener.accept()
         except OSError:
             return  # closed before a client came
-        with client, client.makefile("rb") as requests:  # type: ignore[assignment]
+        with client, client.makefile("rb") as requests:
             while request := _read_request(requests):
                 method, fields = request
                 self.methods.append(method)

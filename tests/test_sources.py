@@ -22,7 +22,7 @@ from heke_runtime.results import read_records
 from heke_runtime.scorer import InputItem, expand_inputs
 from heke_runtime.sources import is_stream, is_url
 from tests.test_backends import tiny_engine
-from tests.videos import make_video
+from tests.videos import make_video, remux
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -247,21 +247,10 @@ def test_a_named_pipe_is_spooled(tmp_path, capsys, engine, server):
 
 
 def test_an_hls_playlist_is_read_through_ffmpeg(tmp_path, capsys, engine, server):
-    import av
-
     folder = server.root / "hls"
     folder.mkdir()
     options = {"hls_time": "0.4", "hls_list_size": "0"}
-    with (
-        av.open(str(server.root / "a.mp4")) as source,
-        av.open(str(folder / "index.m3u8"), "w", format="hls", options=options) as out,
-    ):
-        stream = source.streams.video[0]
-        copy = out.add_stream_from_template(stream)
-        for packet in source.demux(stream):
-            if packet.dts is not None:
-                packet.stream = copy
-                out.mux(packet)
+    remux(server.root / "a.mp4", folder / "index.m3u8", "hls", options=options)
     playlist = server.url("range", "hls/index.m3u8")
     out = tmp_path / "r.jsonl"
     code, _, err = run(capsys, server.root / "a.mp4", playlist, "-e", engine, "-o", out)

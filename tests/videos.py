@@ -201,14 +201,22 @@ def sample_clip(name: str) -> Path | None:
 
 
 def remux(
-    source: str | Path, dest: str | Path, format: str | None = None, shift_s: float = 0.0
+    source: str | Path,
+    dest: str | Path,
+    format: str | None = None,
+    shift_s: float = 0.0,
+    options: dict[str, str] | None = None,
 ) -> Path:
-    """Copy ``source``'s video packets, untouched, into ``dest``, their timestamps moved
-    ``shift_s`` later (a late start, as an MPEG-TS stream's 1.4 s that ``-copyts`` keeps).
-    No bitstream filter runs: H.264 from MP4 or Matroska into MPEG-TS is not Annex B."""
+    """Copy ``source``'s video packets, untouched, into ``dest`` (``options`` go to its
+    muxer), their timestamps moved ``shift_s`` later (a late start, as an MPEG-TS stream's
+    1.4 s that ``-copyts`` keeps). No bitstream filter runs: H.264 from MP4 or Matroska into
+    MPEG-TS is not Annex B."""
     import av
 
-    with av.open(str(source)) as given, av.open(str(dest), "w", format=format) as out:
+    with (
+        av.open(str(source)) as given,
+        av.open(str(dest), "w", format=format, options=options or {}) as out,
+    ):
         stream = given.streams.video[0]
         copy = out.add_stream_from_template(stream)
         for packet in given.demux(stream):
