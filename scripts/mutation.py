@@ -22,11 +22,14 @@ reason beside it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,17 +116,92 @@ def cosmic(repo: Path, *args: str, capture: bool = False) -> str:
 
 
 def recheck(target: Target, folder: Path) -> None:
-    """Runs the survivors again against the checkout's current tests: refreshes the copy
-    (the mutated modules must be unchanged, or the recorded mutants would land elsewhere)
-    and forgets the survivors' results, so that ``exec`` runs them again."""
+    """Runs the survivors again against the checkout's current tests: refreshes the copy and
+    forgets the survivors' results, so that ``exec`` runs them again. A module changed since
+    the session gets its mutants anew (``renew``), keeping the kills of those on lines that
+    did not change."""
     pristine = folder / "pristine"
     changed = [m for m in target.modules if (REPO / m).read_bytes() != (pristine / m).read_bytes()]
-    if changed:
-        raise SystemExit(f"mutation: {', '.join(changed)} changed since the session: --fresh")
     repo = copy_tree(folder)
+    for module in changed:
+        renew(target, folder, repo, module)
+        shutil.copyfile(repo / module, pristine / module)
     (repo / "cosmic-ray.toml").write_text(config_text(target))  # today's tests of the target
     with sqlite3.connect(folder / "session.sqlite") as db:
         db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+
+
+SPEC = "operator_name, operator_args, start_pos_row, start_pos_col, end_pos_row, end_pos_col"
+
+
+def renew(target: Target, folder: Path, repo: Path, module: str) -> None:
+    """Replaces a changed module's mutants in the session with those of its current text. A
+    new mutant equal to an old one killed (same operator at the same text, on lines the change
+    left alone) keeps its kill; every other one is run."""
+    old = (folder / "pristine" / module).read_text().splitlines()
+    new = (repo / module).read_text().splitlines()
+    moved = {}  # old line number -> new line number, for the lines the change left alone
+    for block in difflib.SequenceMatcher(None, old, new, autojunk=False).get_matching_blocks():
+        moved.update({block.a + k + 1: block.b + k + 1 for k in range(block.size)})
+    fresh = folder / "renew.sqlite"
+    fresh.unlink(missing_ok=True)
+    (repo / "renew.toml").write_text(config_text(Target("renew", (module,), target.tests)))
+    cosmic(repo, "cosmic-ray", "init", "renew.toml", str(fresh))
+    cosmic(repo, "cr-filter-operators", str(fresh), "renew.toml")
+    cosmic(repo, "cr-filter-pragma", str(fresh))
+    db = sqlite3.connect(folder / "session.sqlite", isolation_level=None)  # ATTACH: no transaction
+    db.execute("ATTACH DATABASE ? AS fresh", (str(fresh),))
+    with db:
+        db.execute("BEGIN")
+        kills = {}
+        # Mutants at the same text with the same operator (a number +1 and -1) differ only in
+        # their rank among them, which SPEC's "occurrence" order keeps.
+        query = (
+            f"SELECT {SPEC}, job_id FROM mutation_specs WHERE module_path = ? ORDER BY occurrence"
+        )
+        results = "SELECT worker_outcome, output, test_outcome, diff FROM work_results "
+        results += "WHERE job_id = ? AND test_outcome = 'KILLED'"
+        for (name, args, row, col, end_row, end_col, rank), job in ranked(
+            db.execute(query, (module,))
+        ):
+            result = db.execute(results, (job,)).fetchone()
+            if result and all(line in moved for line in range(row, end_row + 1)):
+                kills[(name, args, moved[row], col, moved[end_row], end_col, rank)] = result
+        jobs = "SELECT job_id FROM mutation_specs WHERE module_path = ?"
+        db.execute(f"DELETE FROM work_results WHERE job_id IN ({jobs})", (module,))
+        db.execute(f"DELETE FROM work_items WHERE job_id IN ({jobs})", (module,))
+        db.execute("DELETE FROM mutation_specs WHERE module_path = ?", (module,))
+        for table in ("work_items", "mutation_specs", "work_results"):
+            db.execute(f"INSERT INTO {table} SELECT * FROM fresh.{table}")
+        every = f"SELECT {SPEC}, job_id FROM fresh.mutation_specs ORDER BY occurrence"
+        unrun = {
+            row[0]
+            for row in db.execute(
+                "SELECT job_id FROM fresh.mutation_specs WHERE "
+                "job_id NOT IN (SELECT job_id FROM fresh.work_results)"
+            )
+        }
+        kept = [
+            (*kills[spec], job)
+            for spec, job in ranked(db.execute(every).fetchall())
+            if spec in kills and job in unrun
+        ]
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            kept,
+        )
+    db.close()
+    fresh.unlink()
+    print(f"== {module} changed: {len(kept)} kills kept, the rest of its mutants anew")
+
+
+def ranked(rows: Iterable[tuple]) -> Iterator[tuple[tuple, str]]:
+    """(spec with its rank among equal specs, job id) for rows of SPEC then job_id."""
+    seen: Counter[tuple] = Counter()
+    for *spec, job in rows:
+        seen[tuple(spec)] += 1
+        yield (*spec, seen[tuple(spec)]), job
 
 
 def prepare(target: Target, folder: Path, fresh: bool, again: bool) -> Path:

@@ -208,12 +208,7 @@ def test_decode_options_reach_the_decoder(engine, clips, tmp_path, option, clip)
 def test_an_engine_that_does_not_load_keeps_the_server_up_saying_why(engine, clips, tmp_path):
     """The sidecar matches, but ONNX Runtime cannot load the graph (here: cut short): the
     process stays alive, /readyz and /v1/score answer 503 with the reason, nothing crashes."""
-    broken = tmp_path / "broken.onnx"
-    broken.write_bytes(engine.read_bytes()[:5000])
-    sidecar = json.loads(Path(f"{engine}.json").read_text())
-    digest = hashlib.sha256(broken.read_bytes()).hexdigest()
-    sidecar |= {"artifact_sha256": digest, "onnx_sha256": digest}
-    Path(f"{broken}.json").write_text(json.dumps(sidecar))
+    broken = engine_from(engine, engine.read_bytes()[:5000], tmp_path / "broken.onnx")
     server = Server(broken, tmp=tmp_path / "tmp", ready=False)
     try:
         with server.client() as c:
@@ -227,6 +222,72 @@ def test_an_engine_that_does_not_load_keeps_the_server_up_saying_why(engine, cli
     assert ready.status_code == 503 and reason and "\n" not in reason
     assert (answer.status_code, answer.json()["error"]) == (503, reason)
     assert answer.headers["retry-after"] == "1"
+
+
+def engine_from(engine: Path, graph: bytes, dest: Path) -> Path:
+    """``graph`` written at ``dest`` with ``engine``'s sidecar, its hashes made to match."""
+    dest.write_bytes(graph)
+    sidecar = json.loads(Path(f"{engine}.json").read_text())
+    digest = hashlib.sha256(graph).hexdigest()
+    sidecar |= {"artifact_sha256": digest, "onnx_sha256": digest}
+    Path(f"{dest}.json").write_text(json.dumps(sidecar))
+    return dest
+
+
+def nan_when_dark(engine: Path, dest: Path) -> Path:
+    """``engine`` with ``0 * sqrt(mean(clip) + 1)`` added to each snippet's features: the same
+    numbers for a clip whose normalized mean is above -1, NaN for a dark one (a black frame's
+    is about -2). An engine that fails on some videos only, as a real one does on inputs it
+    was never built for."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(engine))
+    graph = model.graph
+    last = next(node for node in graph.node if "features" in node.output)
+    last.output[list(last.output).index("features")] = "features_before"
+    constants = {"axes": [1, 2, 3, 4], "one": [1.0], "zero": [0.0], "column": [1]}
+    for name, values in constants.items():
+        kind = onnx.TensorProto.FLOAT if isinstance(values[0], float) else onnx.TensorProto.INT64
+        graph.initializer.append(helper.make_tensor(f"dark_{name}", kind, [len(values)], values))
+    graph.node.extend([
+        helper.make_node("ReduceMean", ["clips", "dark_axes"], ["dark_mean"], keepdims=0),
+        helper.make_node("Add", ["dark_mean", "dark_one"], ["dark_shifted"]),
+        helper.make_node("Sqrt", ["dark_shifted"], ["dark_root"]),  # NaN below -1
+        helper.make_node("Mul", ["dark_root", "dark_zero"], ["dark_nothing"]),
+        helper.make_node("Unsqueeze", ["dark_nothing", "dark_column"], ["dark_column_of"]),
+        helper.make_node("Add", ["features_before", "dark_column_of"], ["features"]),
+    ])  # fmt: skip
+    onnx.checker.check_model(model)
+    return engine_from(engine, model.SerializeToString(), dest)
+
+
+def test_an_engine_failing_on_one_video_is_500_for_it_alone(engine, clips, tmp_path):
+    """The engine gives NaN for a dark video that shares its engine calls with a bright one:
+    the dark one is 500 with heke-run's reason and error record, the other is scored, and
+    the server goes on."""
+    nan_engine = nan_when_dark(engine, tmp_path / "nan-when-dark.onnx")
+    dark = make_video(tmp_path / "dark.mp4", frames=30, gain=0.05)
+    bright = clips / "allowed" / "a.mp4"
+    want = heke_run_records(nan_engine, tmp_path, [dark, bright])
+    assert "NaN/Inf" in want["dark.mp4"]["error"] and want["a.mp4"]["status"] == "ok"
+    server = Server(nan_engine, "--max-batch", "8", "--batch-delay-ms", "400", tmp=tmp_path / "t")
+    try:
+        with server.client() as c, ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda p: upload(c, p), [dark, bright]))
+            text = c.get("/metrics").text
+            again = upload(c, bright)
+    finally:
+        assert server.stop() == 0, server.log()
+    failed, scored = answers
+    assert failed.status_code == 500, failed.text
+    assert failed.json()["error"] == f"dark.mp4: {want['dark.mp4']['error']}"
+    assert_same_record(failed.json()["record"], want["dark.mp4"])
+    for response in (scored, again):
+        assert response.status_code == 200, response.text
+        assert_same_record(response.json(), want["a.mp4"])
+    assert _shared_batches(text) >= 1  # the NaN rows rode with the bright video's
+    assert metric(text, "heke_videos_scored_total") == 1
 
 
 # --------------------------------------------------------------------------- refusals

@@ -12,10 +12,12 @@ tests skip, except under ``CI`` (``.ci/run`` installs it), where they fail.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +175,69 @@ def test_a_stream_given_up_on_leaves_no_copy_behind(tmp_path, engine, ffmpeg, cl
     assert done.returncode == 1, done.stderr
     assert f"FAILED {url}: " in done.stderr
     assert list(spool.glob("heke-input-*")) == []  # (other libraries write there too)
+
+
+def test_a_copy_stops_at_its_deadline_and_is_deleted(tmp_path, monkeypatch, ffmpeg, clip):
+    # --timeout bounds the whole copy: an endless feed read without --stream-seconds stops
+    # at it (over FFmpeg's protocols and over HTTP), instead of writing until the run ends.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/clip"
+    with (
+        ffmpeg_serving(ffmpeg, clip, "flv", url, port, endless=True),
+        pytest.raises(VideoDecodeError) as raised,
+        local_copy(url, deadline_s=2),
+    ):
+        pass
+    said = rf"{re.escape(url)}: reading took longer than 2 s \(--timeout\) after (\d+) video "
+    found = re.fullmatch(said + "packets; stopped", str(raised.value))
+    assert found, raised.value
+    assert 0 < int(found[1]) <= 4 * 25  # at the feed's pace (25 fps), not the whole loop
+    with trickling_server() as port:
+        url = f"http://127.0.0.1:{port}/live.ts"
+        with pytest.raises(VideoDecodeError) as raised, local_copy(url, deadline_s=1):
+            pass
+    said = rf"{re.escape(url)}: reading took longer than 1 s \(--timeout\) after \d+ bytes"
+    assert re.fullmatch(said + "; stopped", str(raised.value)), raised.value
+    assert list(tmp_path.glob("heke-input-*")) == []
+
+
+@contextmanager
+def trickling_server() -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 whose body, of no stated length, never ends: 100 bytes
+    every 10 ms (a stall limit never fires)."""
+    done = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        client, _ = listener.accept()
+        with client:
+            client.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n")
+            while not done.wait(0.01):
+                client.sendall(b"\x47" * 100)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        listener.close()
+
+
+def test_a_stream_given_up_on_stops_copying(tmp_path, monkeypatch, capsys, engine, ffmpeg, clip):
+    # The pipeline gives up at --timeout, and the copy stops at the same limit: its thread
+    # ends and deletes the copy soon after, instead of copying the endless feed until the
+    # run exits.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/clip"
+    with ffmpeg_serving(ffmpeg, clip, "flv", url, port, endless=True):
+        code, _, err = run(capsys, url, "-e", engine, "--timeout", "2")
+        assert code == 1 and f"FAILED {url}: " in err, err
+        deadline = time.monotonic() + 30
+        while list(tmp_path.glob("heke-input-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(tmp_path.glob("heke-input-*")) == []  # while the feed still runs
 
 
 def test_stream_seconds_must_be_positive(capsys, engine, clip):

@@ -113,6 +113,7 @@ def make_video(
     start_frame: int = 0,
     options: dict[str, str] | None = None,
     container: str | None = None,
+    gain: float = 1.0,
 ) -> Path:
     """Encode ``frames`` pattern frames to ``path`` (container from the suffix or ``container``).
 
@@ -120,7 +121,8 @@ def make_video(
     convention of the old ``rotate`` tag), written as a display matrix. ``vfr``: frame durations
     cycle through ``VFR_DURATIONS_MS`` on a 1/1000 s time base. ``start_frame``: presentation
     time of the first frame in frames (negative values make MP4/MOV edit lists that hide the
-    first ``-start_frame`` frames). Returns ``path``.
+    first ``-start_frame`` frames). ``gain`` scales the pixels (below 1: a darker video).
+    Returns ``path``.
     """
     path = Path(path)
     times = encoded_times(frames, fps, vfr)
@@ -140,7 +142,10 @@ def make_video(
         if rotation % 360:
             stream.set_display_rotation(-rotation)
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(pattern(i, size), format="rgb24")
+            picture = pattern(i, size)
+            if gain != 1:
+                picture = (picture * gain).clip(0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
             frame.pts = round((times[i] + start) / time_base)
             frame.time_base = time_base
             out.mux(stream.encode(frame))

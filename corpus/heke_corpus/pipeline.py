@@ -191,8 +191,11 @@ def _decode(
         raise DecodeTimeoutError(
             f"skipped unread: {stuck} earlier files still decode past --timeout in this Ray worker"
         )
+    # The copy of a stream stops at the same limit (heke_runtime.sources), not at run exit.
     return call_with_timeout(
-        lambda: decode_video(path, model, num_snippets, dims, sums_only=True, **how),
+        lambda: decode_video(
+            path, model, num_snippets, dims, sums_only=True, deadline_s=limit, **how
+        ),
         limit,
         timeout_reason(limit),
     )

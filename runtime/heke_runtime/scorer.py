@@ -240,6 +240,7 @@ class Scorer:
             on_damage=self.on_damage,
             stall_s=self.timeout,
             stream_s=self.stream_seconds,
+            deadline_s=self.timeout,
             hdr=self.hdr,
             name=name,
         )
@@ -356,6 +357,7 @@ def decode_video(
     on_damage: OnDamage = "fail",
     stall_s: float | None = None,
     stream_s: float | None = None,
+    deadline_s: float | None = None,
     hdr: HdrMode = DEFAULT_HDR,
     name: str | None = None,
 ) -> DecodedVideo:
@@ -363,9 +365,9 @@ def decode_video(
 
     ``path`` may be a URL or ``-`` (standard input): such inputs are copied to a temporary
     file first (:mod:`heke_runtime.sources`; ``stall_s`` bounds each network read, default
-    :data:`heke_runtime.sources.NETWORK_STALL_S`, and ``stream_s`` the seconds read of a
-    stream); the result names ``path`` as given, or
-    ``name`` (heke-serve: an upload's file name, never its temporary file).
+    :data:`heke_runtime.sources.NETWORK_STALL_S`, ``stream_s`` the seconds read of a
+    stream, and ``deadline_s`` the whole copy's time); the result names ``path`` as given,
+    or ``name`` (heke-serve: an upload's file name, never its temporary file).
 
     ``sums_only`` stops at the integer block sums (``inputs == {"sums": ...}``, see
     :func:`heke_runtime.preprocess.load_sums`): what the Ray corpus ships from its decode
@@ -378,7 +380,7 @@ def decode_video(
     shown = source if name is None else name
     with (
         captured_warnings() as caught,
-        local_copy(source, stall_s=stall_s, stream_s=stream_s) as local,
+        local_copy(source, stall_s=stall_s, stream_s=stream_s, deadline_s=deadline_s) as local,
     ):
         if sums_only:
             sums, info, plan = load_sums(

@@ -23,8 +23,10 @@ Each read waits at most ``stall_s`` seconds for data (the socket timeout, FFmpeg
 error, never a hang or a silently shorter video. The one exception is a live protocol
 (RTMP, RTSP, TCP): it carries no length, and its stream ends when the server closes the
 connection, so that close ends the copy, with a warning in the record saying a connection
-dropped early would look the same. Errors name the input as the user typed it (the URL, or
-``-``), as does the record's ``path``.
+dropped early would look the same. With ``deadline_s`` (heke-run's ``--timeout``) the whole
+copy stops when it runs past that time, so a copy that outlives the pipeline's patience (an
+endless stream without ``--stream-seconds``) stops writing too. Errors name the input as the
+user typed it (the URL, or ``-``), as does the record's ``path``.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ import atexit
 import errno
 import os
 import re
-import shutil
 import stat
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -76,12 +78,17 @@ def is_stream(text: str) -> bool:
 
 @contextmanager
 def local_copy(
-    source: str, *, stall_s: float | None = None, stream_s: float | None = None
+    source: str,
+    *,
+    stall_s: float | None = None,
+    stream_s: float | None = None,
+    deadline_s: float | None = None,
 ) -> Iterator[str]:
     """A local path holding ``source``: the path itself for a regular file, otherwise a
     temporary copy (module docstring), deleted on exit. ``stream_s``: read at most that many
-    seconds of a stream read through FFmpeg (a live one may never end). Errors raised inside
-    the block that name the copy are raised again naming ``source``."""
+    seconds of a stream read through FFmpeg (a live one may never end); ``deadline_s``: the
+    most seconds the whole copy may take. Errors raised inside the block that name the copy
+    are raised again naming ``source``."""
     if not is_stream(source):
         yield source
         return
@@ -91,7 +98,7 @@ def local_copy(
     os.close(handle)
     _IN_USE.add(name)
     try:
-        _spool(source, Path(name), stall, stream_s)
+        _spool(source, Path(name), stall, stream_s, _Deadline(source, deadline_s))
         try:
             yield name
         except HekeError as exc:
@@ -129,41 +136,70 @@ def _renamed(exc: HekeError, name: str, source: str) -> HekeError:
         return VideoDecodeError(text)
 
 
-def _spool(source: str, dest: Path, stall_s: float, stream_s: float | None) -> None:
+class _Deadline:
+    """When the whole copy must be done (``local_copy``'s ``deadline_s``); ``check`` raises
+    past it, saying how much was read."""
+
+    def __init__(self, source: str, seconds: float | None) -> None:
+        self.source, self.seconds = source, seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, read: str) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise VideoDecodeError(
+                f"{self.source}: reading took longer than {self.seconds:g} s (--timeout) "
+                f"after {read}; stopped"
+            )
+
+
+def _spool(
+    source: str, dest: Path, stall_s: float, stream_s: float | None, deadline: _Deadline
+) -> None:
     scheme = urllib.parse.urlsplit(source).scheme.lower() if is_url(source) else ""
     if not scheme:
-        _spool_pipe(source, dest)
+        _spool_pipe(source, dest, deadline)
     elif scheme in _HTTP and not _is_playlist(source):
-        _spool_http(source, dest, stall_s)
+        _spool_http(source, dest, stall_s, deadline)
     else:
-        _remux(source, dest, stall_s, stream_s)
+        _remux(source, dest, stall_s, stream_s, deadline)
 
 
 def _is_playlist(url: str) -> bool:
     return urllib.parse.urlsplit(url).path.lower().endswith(_PLAYLIST_SUFFIXES)
 
 
-def _spool_pipe(source: str, dest: Path) -> None:
+def _spool_pipe(source: str, dest: Path, deadline: _Deadline) -> None:
     what = "standard input" if source == STDIN else "pipe"
     try:
         if source == STDIN:
-            copied = _copy(sys.stdin.buffer, dest)
+            copied = _copy(sys.stdin.buffer, dest, deadline)
         else:
             with open(source, "rb") as pipe:
-                copied = _copy(pipe, dest)
+                copied = _copy(pipe, dest, deadline)
     except OSError as exc:
         raise VideoDecodeError(f"{source}: cannot read {what}: {reason_of(exc)}") from exc
     if not copied:
         raise VideoDecodeError(f"{source}: {what} is empty")
 
 
-def _copy(stream: BinaryIO, dest: Path) -> int:
+def _copy(stream: BinaryIO, dest: Path, deadline: _Deadline) -> int:
+    got = 0
     with dest.open("wb") as out:
-        shutil.copyfileobj(stream, out, CHUNK)
-        return out.tell()
+        while chunk := _read1(stream):
+            out.write(chunk)
+            got += len(chunk)
+            deadline.check(_size(got))
+    return got
 
 
-def _spool_http(url: str, dest: Path, stall_s: float) -> None:
+def _read1(stream: BinaryIO) -> bytes:
+    # What came, not a full chunk: a slow pipe's bytes are counted (and checked against the
+    # deadline) as they arrive.
+    read1 = getattr(stream, "read1", None)
+    return read1(CHUNK) if read1 else stream.read(CHUNK)
+
+
+def _spool_http(url: str, dest: Path, stall_s: float, deadline: _Deadline) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "heke-run"})
     try:
         response = urllib.request.urlopen(request, timeout=stall_s)
@@ -180,6 +216,7 @@ def _spool_http(url: str, dest: Path, stall_s: float) -> None:
             while chunk := response.read1(CHUNK):  # what came, not a full chunk
                 out.write(chunk)
                 got += len(chunk)
+                deadline.check(_size(got))
         except TimeoutError as exc:
             raise VideoDecodeError(
                 f"{url}: no data for {stall_s:g} s after {_size(got)} (network stall)"
@@ -197,7 +234,9 @@ def _spool_http(url: str, dest: Path, stall_s: float) -> None:
         raise VideoDecodeError(f"{url}: the server sent no data")
 
 
-def _remux(url: str, dest: Path, stall_s: float, stream_s: float | None = None) -> None:
+def _remux(
+    url: str, dest: Path, stall_s: float, stream_s: float | None, deadline: _Deadline
+) -> None:
     """Copy the video stream's packets of an FFmpeg protocol URL into a Matroska file."""
     import av  # PyAV loads on first use only
 
@@ -212,7 +251,7 @@ def _remux(url: str, dest: Path, stall_s: float, stream_s: float | None = None) 
             if not source.streams.video:
                 raise VideoDecodeError(f"{url}: no video stream")
             with av.open(str(dest), "w", format="matroska") as out:
-                copied, cut = _copy_packets(url, source, out, stall_s, stream_s)
+                copied, cut = _copy_packets(url, source, out, stall_s, stream_s, deadline)
     except av.ProtocolNotFoundError as exc:
         scheme = urllib.parse.urlsplit(url).scheme
         raise VideoDecodeError(
@@ -240,7 +279,7 @@ def _remux(url: str, dest: Path, stall_s: float, stream_s: float | None = None) 
 
 
 def _copy_packets(
-    url: str, source: Any, out: Any, stall_s: float, stream_s: float | None
+    url: str, source: Any, out: Any, stall_s: float, stream_s: float | None, deadline: _Deadline
 ) -> tuple[int, bool]:
     """Copy until the end of the stream, or until a packet's decoding time is ``stream_s``
     past the first's: the count of video packets copied, and whether ``stream_s`` cut the
@@ -265,6 +304,7 @@ def _copy_packets(
                 ready.stream = copy
                 out.mux(ready)
                 copied += 1
+            deadline.check(f"{copied} video packets")
     except av.FFmpegError as exc:
         if exc.errno == errno.ETIMEDOUT:
             raise VideoDecodeError(
