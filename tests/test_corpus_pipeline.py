@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,10 +20,11 @@ from heke_corpus.pipeline import (  # noqa: E402
     score_prepared,
     unpack_decoded,
 )
-from heke_runtime.pipeline import ABANDONED, abandoned_calls  # noqa: E402
+from heke_runtime.pipeline import ABANDONED, abandoned_calls, timeout_reason  # noqa: E402
 from heke_runtime.scorer import Scorer, decode_video  # noqa: E402
 from tests.test_backends import tiny_engine  # noqa: E402
 from tests.test_raw_formats import _rawvideo  # noqa: E402
+from tests.test_sources_live import trickling_server  # noqa: E402
 from tests.videos import corrupt_file, make_video  # noqa: E402
 
 
@@ -143,6 +145,19 @@ def test_a_worker_holding_too_many_hung_decodes_fails_the_rest_unread(clips, han
     errors = [r["prep_error"] for r in rows]
     assert errors == [timed_out] * MAX_ABANDONED + [f"{unread} in this Ray worker"]
     assert abandoned_calls() == MAX_ABANDONED
+
+
+@pytest.mark.timeout(4 * WAIT_S)
+def test_an_endless_url_stops_being_copied_at_the_timeout(clips):
+    # The decode gives up at --timeout and the copy of a stream that never ends stops at the
+    # same limit: the abandoned thread ends instead of copying for the worker's lifetime.
+    with trickling_server() as port:
+        rows, _ = prepare([f"http://127.0.0.1:{port}/live.ts", clips[0]], timeout_s=1.0)
+        assert [r["prep_error"] for r in rows] == [timeout_reason(1.0), None]
+        deadline = time.monotonic() + WAIT_S
+        while abandoned_calls() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert abandoned_calls() == 0  # while the server still sends
 
 
 # --------------------------------------------------------------------------- decode options
