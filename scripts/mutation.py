@@ -5,7 +5,9 @@ the working tree (as scripts/plant_bugs.py does) to ``--out/<target>/repo``, let
 mutate the target's modules there one mutant at a time and run the target's tests, and writes
 the report (every surviving mutant with its diff) to ``--out/<target>/report.txt``. The
 session is kept: running the same command again resumes where it stopped (``--fresh`` starts
-over from a new copy; ``--recheck`` runs the survivors again after the tests changed).
+over from a new copy; ``--recheck`` runs the survivors again after the tests changed, and a
+module changed since the session gets its mutants anew, keeping the kills on the lines the
+change left alone).
 docs/MUTATION.md holds the scores and the survivors we accepted, each with its reason.
 
     pip install -e '.[mutation]'

@@ -29,7 +29,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 LEAST = (
     *("--max-jobs", "1", "--replicas", "1", "--threads", "0", "--decode-workers", "1"),
     *("--max-queue", "1", "--max-upload-mb", "0", "--port", "0", "--job-ttl", "1"),
-    *("--drain-timeout", "0"),
+    *("--drain-timeout", "0", "--replica-gpus", "0"),
 )
 
 
@@ -54,7 +54,7 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
         *(("--port", "70000"), ("--port", "-1"), ("--batch-delay-ms", "-1")),
         *(("--max-batch", "0"), ("--replicas", "0"), ("--max-jobs", "0"), ("--threads", "-1")),
         *(("--decode-workers", "0"), ("--max-queue", "0"), ("--max-upload-mb", "-1")),
-        *(("--job-ttl", "0"), ("--drain-timeout", "-1")),
+        *(("--job-ttl", "0"), ("--drain-timeout", "-1"), ("--replica-gpus", "-0.5")),
     ]
     cases += [(["-e", engine, *bound, "--timeout", "0"], bound[0]) for bound in bounds]
     for args, message in cases:
