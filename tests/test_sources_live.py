@@ -11,6 +11,7 @@ tests skip, except under ``CI`` (``.ci/run`` installs it), where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,8 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -202,28 +203,6 @@ def test_a_copy_stops_at_its_deadline_and_is_deleted(tmp_path, monkeypatch, ffmp
     assert list(tmp_path.glob("heke-input-*")) == []
 
 
-@contextmanager
-def trickling_server() -> Iterator[int]:
-    """An HTTP server on 127.0.0.1 whose body, of no stated length, never ends: 100 bytes
-    every 10 ms (a stall limit never fires)."""
-    done = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        client, _ = listener.accept()
-        with client:
-            client.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n")
-            while not done.wait(0.01):
-                client.sendall(b"\x47" * 100)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        done.set()
-        listener.close()
-
-
 def test_a_stream_given_up_on_stops_copying(tmp_path, monkeypatch, capsys, engine, ffmpeg, clip):
     # The pipeline gives up at --timeout, and the copy stops at the same limit: its thread
     # ends and deletes the copy soon after, instead of copying the endless feed until the
@@ -248,9 +227,9 @@ def test_stream_seconds_must_be_positive(capsys, engine, clip):
 
 
 @contextmanager
-def stalling_server(payload: bytes) -> Iterator[int]:
-    """A TCP server on 127.0.0.1 that sends ``payload`` to each client, then holds the
-    connection open, silent, until the block ends."""
+def tcp_server(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that runs ``handle(connection, done)`` in a thread for each
+    client; ``done`` is set when the block ends."""
     done = threading.Event()
     listener = socket.create_server(("127.0.0.1", 0))
 
@@ -260,8 +239,7 @@ def stalling_server(payload: bytes) -> Iterator[int]:
                 client, _ = listener.accept()
             except OSError:
                 return
-            client.sendall(payload)
-            threading.Thread(target=lambda c=client: (done.wait(), c.close()), daemon=True).start()
+            threading.Thread(target=handle, args=(client, done), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
@@ -269,6 +247,30 @@ def stalling_server(payload: bytes) -> Iterator[int]:
     finally:
         done.set()
         listener.close()
+
+
+def stalling_server(payload: bytes) -> AbstractContextManager[int]:
+    """Sends ``payload`` to each client, then holds the connection open, silent."""
+
+    def handle(client: socket.socket, done: threading.Event) -> None:
+        with client:
+            client.sendall(payload)
+            done.wait()
+
+    return tcp_server(handle)
+
+
+def trickling_server() -> AbstractContextManager[int]:
+    """An HTTP server whose body, of no stated length, never ends: 100 bytes every 10 ms (a
+    stall limit never fires)."""
+
+    def handle(client: socket.socket, done: threading.Event) -> None:
+        with client, contextlib.suppress(OSError):  # the reader may hang up
+            client.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: video/mp2t\r\n\r\n")
+            while not done.wait(0.01):
+                client.sendall(b"\x47" * 100)
+
+    return tcp_server(handle)
 
 
 def http_head(size: int) -> bytes:
