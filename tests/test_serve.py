@@ -633,3 +633,23 @@ def test_sigterm_waits_for_a_job_in_flight_up_to_drain_timeout(
         server.stop(signal.SIGKILL)
     gave_up = "gave up waiting for 1 requests or jobs" in server.log()
     assert gave_up == gives_up, server.log()
+
+
+def test_sigterm_gives_up_on_a_job_that_outlasts_drain_timeout(engine, tmp_path):
+    """A job on a FIFO nobody writes decodes until its --timeout (6 s): SIGTERM with
+    --drain-timeout 2 gives up on it after 2 s, says so, and exits 0."""
+    folder = tmp_path / "allowed"
+    folder.mkdir()
+    fifo = folder / "never.mkv"
+    os.mkfifo(fifo)
+    args = ["--allow-path", folder, "--drain-timeout", "2", "--timeout", "6"]
+    server = Server(engine, *args, tmp=tmp_path / "tmp")
+    try:
+        with server.client() as c:
+            job = c.post("/v1/jobs", json={"path": str(fifo)}).json()["id"]
+            assert c.get(f"/v1/jobs/{job}").json()["status"] != "done"
+            server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0, server.log()
+    finally:
+        server.stop(signal.SIGKILL)
+    assert "gave up waiting for 1 requests or jobs" in server.log()
