@@ -29,12 +29,12 @@ def run(capsys, *args) -> tuple[int, str, str]:
 LEAST = (
     *("--max-jobs", "1", "--replicas", "1", "--threads", "0", "--decode-workers", "1"),
     *("--max-queue", "1", "--max-upload-mb", "0", "--port", "0", "--job-ttl", "1"),
-    *("--drain-timeout", "0", "--replica-gpus", "0"),
+    *("--drain-timeout", "0", "--replica-gpus", "0", "--batch-delay-ms", "0"),
 )
 
 
 def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
-    empty = tmp_path / "token"
+    empty, nope = tmp_path / "token", tmp_path / "nope"
     empty.write_text("\n")
     cases = [
         (["-e", tmp_path / "missing.onnx"], "--engine"),
@@ -42,7 +42,7 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
         (["-e", engine, "--on-damage", "skip"], "--on-damage must be 'fail' or 'conceal'"),
         (["-e", engine, "--hdr", "pq"], "--hdr must be 'tonemap' or 'as-is'"),
         (["-e", engine, "--token-file", empty], "the file is empty"),
-        (["-e", engine, "--token-file", tmp_path / "nope"], "--token-file"),
+        (["-e", engine, "--token-file", nope], f"--token-file {nope}: No such file or directory\n"),
         (["-e", engine, "--allow-path", empty], "not a folder"),
         # The least values are taken: parsing passes them, and the body's own check speaks.
         (["-e", engine, *LEAST, "--timeout", "0"], "--timeout 0: expected seconds, more than 0"),
@@ -51,7 +51,7 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
     # that lets the value through fail at once, on the body's check (another line), instead of
     # starting a server.
     bounds = [
-        *(("--port", "70000"), ("--port", "-1"), ("--batch-delay-ms", "-1")),
+        *(("--port", "65536"), ("--port", "-1"), ("--batch-delay-ms", "-1")),
         *(("--max-batch", "0"), ("--replicas", "0"), ("--max-jobs", "0"), ("--threads", "-1")),
         *(("--decode-workers", "0"), ("--max-queue", "0"), ("--max-upload-mb", "-1")),
         *(("--job-ttl", "0"), ("--drain-timeout", "-1"), ("--replica-gpus", "-0.5")),

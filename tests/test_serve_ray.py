@@ -234,14 +234,17 @@ def kill_the_busiest_replica_under_load(base_url: str, inputs: list[Path], refer
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # a command that never says it listens ends the test
-def test_the_cli_serves_on_a_cluster_and_drains_on_sigterm(cluster, base_url, engine, videos):
+def test_the_cli_serves_on_a_cluster_and_drains_on_sigterm(
+    cluster, base_url, engine, regressor, videos, reference
+):
     # Last: the command removes the application when it stops. Serve keeps its proxy's port,
-    # so the command is given the same one.
+    # so the command is given the same one. Its record is heke-run's, regressor included.
     serve.delete(ray_serve.APP_NAME)
     port = base_url.rsplit(":", 1)[1]
     command = [
         sys.executable, "-m", "heke_serve.cli", "-e", str(engine), "--ray", "--replicas", "1",
-        "--ray-address", cluster.address, "--port", port,
+        "--ray-address", cluster.address, "--port", port, "--regressor", str(regressor),
+        "--threads", "1",
     ]  # fmt: skip
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
@@ -252,7 +255,9 @@ def test_the_cli_serves_on_a_cluster_and_drains_on_sigterm(cluster, base_url, en
         with httpx.Client(base_url=base_url, timeout=WAIT_S) as client:
             ready = client.get("/readyz").json()
             assert ready["replicas"] == 1 and ready["decode_workers"] == 1  # --ray's default
-            assert post(client, "/v1/score", videos[0]).status_code == 200
+            answer = post(client, "/v1/score", videos[0])
+            assert answer.status_code == 200, answer.text
+            assert_same_record(answer.json(), reference[videos[0].name], videos[0].name)
         server.send_signal(signal.SIGTERM)
         assert server.wait(WAIT_S) == 0
         assert "SIGTERM: finishing work in flight" in server.stderr.read()
