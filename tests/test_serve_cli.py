@@ -29,7 +29,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 LEAST = (
     *("--max-jobs", "1", "--replicas", "1", "--threads", "0", "--decode-workers", "1"),
     *("--max-queue", "1", "--max-upload-mb", "0", "--port", "0", "--job-ttl", "1"),
-    *("--drain-timeout", "0", "--replica-gpus", "0", "--batch-delay-ms", "0"),
+    *("--drain-timeout", "0", "--replica-gpus", "0", "--batch-delay-ms", "0", "--max-batch", "1"),
 )
 
 
@@ -46,6 +46,7 @@ def test_usage_errors_exit_2_with_one_line(capsys, engine, tmp_path):
         (["-e", engine, "--allow-path", empty], "not a folder"),
         # The least values are taken: parsing passes them, and the body's own check speaks.
         (["-e", engine, *LEAST, "--timeout", "0"], "--timeout 0: expected seconds, more than 0"),
+        (["-e", engine, "--port", "65535", "--timeout", "0"], "--timeout 0: expected seconds"),
     ]
     # Each bound refused by the parser, named in the line; "--timeout 0" after it makes a bound
     # that lets the value through fail at once, on the body's check (another line), instead of
