@@ -48,6 +48,7 @@ class Bug:
 FR_TESTS = ("tests/test_fr_parity.py", "tests/test_fr_cli.py")
 SERVE_TESTS = ("tests/test_serve.py",)
 LIVE_TESTS = ("tests/test_sources_live.py",)
+SERVE_RAY_CLI = ("tests/test_serve_ray.py::test_the_cli_serves_on_a_cluster_and_drains_on_sigterm",)
 
 BUGS = (
     Bug(
@@ -278,6 +279,54 @@ BUGS = (
         "            stream_s=self.stream_seconds,\n",
         "            stream_s=None,\n",
         LIVE_TESTS,
+    ),
+    Bug(
+        "copy-deadline-dropped",
+        "heke-run --timeout gives up on an endless stream, but its copy goes on until the run ends",
+        "runtime/heke_runtime/scorer.py",
+        "            deadline_s=self.timeout,\n",
+        "            deadline_s=None,\n",
+        LIVE_TESTS,
+    ),
+    Bug(
+        "corpus-copy-deadline-dropped",
+        "heke-corpus --timeout gives up on an endless URL, but its copy goes on in the worker",
+        "corpus/heke_corpus/pipeline.py",
+        "sums_only=True, deadline_s=limit, **how",
+        "sums_only=True, **how",
+        ("tests/test_corpus_pipeline.py",),
+    ),
+    Bug(
+        "serve-engine-failure-raises",
+        "an engine failing on one video is an unhandled error, not that video's 500 and record",
+        "serve/heke_serve/service.py",
+        "        except Exception as exc:  # the engine's fault, not the input's\n",
+        "        except KeyError as exc:  # the engine's fault, not the input's\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-drain-deadline-ignored",
+        "SIGTERM's drain waits for work in flight past --drain-timeout",
+        "serve/heke_serve/cli.py",
+        "        deadline = time.monotonic() + self.drain_s\n",
+        "        deadline = time.monotonic() * self.drain_s\n",
+        SERVE_TESTS,
+    ),
+    Bug(
+        "serve-ray-regressor-dropped",
+        "heke-serve --ray scores without the --regressor it was given",
+        "serve/heke_serve/cli.py",
+        "            str(regressor.resolve()) if regressor else None,\n",
+        "            None,\n",
+        SERVE_RAY_CLI,
+    ),
+    Bug(
+        "serve-ray-decode-workers",
+        "heke-serve --ray gives each replica 2 decoding threads, not the 1 its help states",
+        "serve/heke_serve/cli.py",
+        "(1 if ray else default_workers())",
+        "(2 if ray else default_workers())",
+        SERVE_RAY_CLI,
     ),
 )
 
