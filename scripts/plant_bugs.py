@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,6 +398,15 @@ def failed_tests(output: str) -> list[str]:
     return [line.split()[1] for line in output.splitlines() if line.startswith("FAILED ")]
 
 
+def hung_test(output: str) -> str | None:
+    """The test pytest-timeout stopped (it ends the run at once, with no FAILED line: its
+    report dumps the stacks, the test's frame among them), or None."""
+    if "+ Timeout +" not in output:
+        return None
+    frame = re.search(r'File "[^"]*?(tests/\w+\.py)", line \d+, in (test_\w+)', output)
+    return f"{frame[1]}::{frame[2]}" if frame else "a test"
+
+
 def baseline(bugs: list[Bug]) -> bool:
     tests = tuple(sorted({t for bug in bugs for t in bug.tests}))
     with tempfile.TemporaryDirectory(prefix="heke-plant-") as scratch:
@@ -422,6 +432,9 @@ def try_bug(bug: Bug) -> bool:
     failed = failed_tests(output)
     if code == 1 and failed:
         print(f"CAUGHT   {bug.name:22} by {failed[0]} ({seconds:.0f} s)")
+        return True
+    if code == 1 and (hung := hung_test(output)):
+        print(f"CAUGHT   {bug.name:22} by {hung}, which hung past its timeout ({seconds:.0f} s)")
         return True
     if code not in (0, 1):
         print(f"ERROR    {bug.name:22} pytest exit {code} ({seconds:.0f} s):")
