@@ -61,7 +61,15 @@ TRAINING_CHOICES = (
 )
 
 TARGETS = (
-    Target("run-cli", ("runtime/heke_runtime/cli.py",), ("tests/test_cli_run.py",)),
+    Target(
+        "run-cli",
+        ("runtime/heke_runtime/cli.py",),
+        (
+            "tests/test_cli_run.py",
+            "tests/test_run_outputs.py",
+            "tests/test_sources_live.py::test_stream_seconds_must_be_positive",
+        ),
+    ),
     Target("corpus-cli", ("corpus/heke_corpus/cli.py",), ("tests/test_corpus_cli.py",)),
     Target(
         "serve",

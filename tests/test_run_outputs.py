@@ -176,6 +176,8 @@ def test_schema_is_printed_without_an_engine_and_every_record_follows_it(
 ):
     code, out, _ = run(capsys, "--schema")
     assert code == 0 and out == record_schema_text()
+    # Eager, as --help is: it answers whatever else the line holds, even a bad value before it.
+    assert run(capsys, "--batch-size", "0", "--schema")[:2] == (0, out)
     schema = json.loads(out)
     jsonschema.Draft202012Validator.check_schema(schema)
     broken = tmp_path / "broken.mp4"

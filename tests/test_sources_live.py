@@ -36,6 +36,7 @@ from tests.test_sources import free_port, no_proxy, run  # noqa: F401 (no_proxy:
 from tests.videos import make_video
 
 STALL_S = 1.0
+NO_PIPELINE = ("--timeout", "5", "--workers", "0")  # a usage error heke-run checks late
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +225,9 @@ def test_stream_seconds_must_be_positive(capsys, engine, clip):
         code, _, err = run(capsys, clip, "-e", engine, "--stream-seconds", bad)
         assert code == 2
         assert f"--stream-seconds {float(bad):g}: expected seconds, more than 0" in err
+    # Any positive value is taken: the next check (one that comes after it) speaks instead.
+    code, _, err = run(capsys, clip, "-e", engine, "--stream-seconds", "0.5", *NO_PIPELINE)
+    assert code == 2 and "--stream-seconds" not in err and "--timeout needs the pipeline" in err
 
 
 @contextmanager
