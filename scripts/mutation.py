@@ -31,9 +31,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from plant_bugs import REPO, chosen, copy_tree, environment
 
@@ -142,6 +143,7 @@ def recheck(target: Target, folder: Path) -> None:
 
 
 SPEC = "operator_name, operator_args, start_pos_row, start_pos_col, end_pos_row, end_pos_col"
+SPEC_COLUMNS = len(SPEC.split(","))
 
 
 def renew(target: Target, folder: Path, repo: Path, module: str) -> None:
@@ -163,19 +165,16 @@ def renew(target: Target, folder: Path, repo: Path, module: str) -> None:
     db.execute("ATTACH DATABASE ? AS fresh", (str(fresh),))
     with db:
         db.execute("BEGIN")
+        # Every mutant of the module with its result (None: not run), in "occurrence" order,
+        # which ranks the mutants at the same text with the same operator (a number +1, -1).
+        old = db.execute(
+            f"SELECT {SPEC}, worker_outcome, output, test_outcome, diff FROM mutation_specs "
+            "LEFT JOIN work_results USING (job_id) WHERE module_path = ? ORDER BY occurrence",
+            (module,),
+        ).fetchall()
         kills = {}
-        # Mutants at the same text with the same operator (a number +1 and -1) differ only in
-        # their rank among them, which SPEC's "occurrence" order keeps.
-        query = (
-            f"SELECT {SPEC}, job_id FROM mutation_specs WHERE module_path = ? ORDER BY occurrence"
-        )
-        results = "SELECT worker_outcome, output, test_outcome, diff FROM work_results "
-        results += "WHERE job_id = ? AND test_outcome = 'KILLED'"
-        for (name, args, row, col, end_row, end_col, rank), job in ranked(
-            db.execute(query, (module,))
-        ):
-            result = db.execute(results, (job,)).fetchone()
-            if result and all(line in moved for line in range(row, end_row + 1)):
+        for (name, args, row, col, end_row, end_col, rank), result in ranked(old):
+            if result[2] == "KILLED" and all(line in moved for line in range(row, end_row + 1)):
                 kills[(name, args, moved[row], col, moved[end_row], end_col, rank)] = result
         jobs = "SELECT job_id FROM mutation_specs WHERE module_path = ?"
         db.execute(f"DELETE FROM work_results WHERE job_id IN ({jobs})", (module,))
@@ -183,18 +182,12 @@ def renew(target: Target, folder: Path, repo: Path, module: str) -> None:
         db.execute("DELETE FROM mutation_specs WHERE module_path = ?", (module,))
         for table in ("work_items", "mutation_specs", "work_results"):
             db.execute(f"INSERT INTO {table} SELECT * FROM fresh.{table}")
-        every = f"SELECT {SPEC}, job_id FROM fresh.mutation_specs ORDER BY occurrence"
-        unrun = {
-            row[0]
-            for row in db.execute(
-                "SELECT job_id FROM fresh.mutation_specs WHERE "
-                "job_id NOT IN (SELECT job_id FROM fresh.work_results)"
-            )
-        }
+        new = db.execute(
+            f"SELECT {SPEC}, job_id, job_id NOT IN (SELECT job_id FROM fresh.work_results) "
+            "FROM fresh.mutation_specs ORDER BY occurrence"
+        ).fetchall()
         kept = [
-            (*kills[spec], job)
-            for spec, job in ranked(db.execute(every).fetchall())
-            if spec in kills and job in unrun
+            (*kills[spec], job) for spec, (job, unrun) in ranked(new) if unrun and spec in kills
         ]
         db.executemany(
             "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
@@ -206,12 +199,14 @@ def renew(target: Target, folder: Path, repo: Path, module: str) -> None:
     print(f"== {module} changed: {len(kept)} kills kept, the rest of its mutants anew")
 
 
-def ranked(rows: Iterable[tuple]) -> Iterator[tuple[tuple, str]]:
-    """(spec with its rank among equal specs, job id) for rows of SPEC then job_id."""
-    seen: Counter[tuple] = Counter()
-    for *spec, job in rows:
-        seen[tuple(spec)] += 1
-        yield (*spec, seen[tuple(spec)]), job
+def ranked(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """For rows of SPEC then other columns: (SPEC with its rank among equal SPECs, the other
+    columns)."""
+    seen: Counter[tuple[Any, ...]] = Counter()
+    for row in rows:
+        spec, rest = tuple(row[:SPEC_COLUMNS]), tuple(row[SPEC_COLUMNS:])
+        seen[spec] += 1
+        yield (*spec, seen[spec]), rest
 
 
 def prepare(target: Target, folder: Path, fresh: bool, again: bool) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from heke_corpus.pipeline import (  # noqa: E402
 from heke_runtime.pipeline import ABANDONED, abandoned_calls, timeout_reason  # noqa: E402
 from heke_runtime.scorer import Scorer, decode_video  # noqa: E402
 from tests.test_backends import tiny_engine  # noqa: E402
+from tests.test_pipeline import wait_for  # noqa: E402
 from tests.test_raw_formats import _rawvideo  # noqa: E402
 from tests.test_sources_live import trickling_server  # noqa: E402
 from tests.videos import corrupt_file, make_video  # noqa: E402
@@ -154,9 +154,7 @@ def test_an_endless_url_stops_being_copied_at_the_timeout(clips):
     with trickling_server() as port:
         rows, _ = prepare([f"http://127.0.0.1:{port}/live.ts", clips[0]], timeout_s=1.0)
         assert [r["prep_error"] for r in rows] == [timeout_reason(1.0), None]
-        deadline = time.monotonic() + WAIT_S
-        while abandoned_calls() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: abandoned_calls() == 0, WAIT_S)
         assert abandoned_calls() == 0  # while the server still sends
 
 
